@@ -1,0 +1,143 @@
+"""Training metrics: throughput, MFU, memory, and their sinks (console, JSON lines, TensorBoard, W&B).
+
+Only rank 0 writes. W&B runs offline when there is no API key, and any W&B failure disables it
+with a warning instead of stopping training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is KiB on Linux.
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def current_rss_gib() -> float:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+
+
+class StepTimer:
+    """Accumulates wall time per phase (data, forward_backward, optimizer) between log steps."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.totals: dict[str, float] = {}
+        self._t0 = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        self._sync()
+        self._t0 = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        self._sync()
+        now = time.perf_counter()
+        self.totals[phase] = self.totals.get(phase, 0.0) + now - self._t0
+        self._t0 = now
+
+    def pop(self) -> dict[str, float]:
+        totals, self.totals = self.totals, {}
+        return totals
+
+
+class MetricsLogger:
+    """Writes one record per log step to the console, metrics.jsonl, TensorBoard and W&B."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        rank: int,
+        enable_tensorboard: bool,
+        enable_wandb: bool,
+        wandb_project: str,
+        run_name: str,
+        config: dict[str, Any],
+    ):
+        self.rank = rank
+        self.jsonl = None
+        self.tb = None
+        self.wandb = None
+        if rank != 0:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = open(run_dir / "metrics.jsonl", "a", buffering=1)
+        if enable_tensorboard:
+            self.tb = _open_tensorboard(run_dir / "tb")
+        if enable_wandb:
+            self.wandb = _open_wandb(run_dir, wandb_project, run_name, config)
+
+    def log(self, record: dict[str, Any], *, console: str | None = None) -> None:
+        if self.rank != 0:
+            return
+        record = {"time": time.time(), **record}
+        self.jsonl.write(json.dumps(record) + "\n")
+        step = int(record.get("step", 0))
+        scalars = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
+        if self.tb is not None:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, step)
+        if self.wandb is not None:
+            try:
+                self.wandb.log(scalars, step=step)
+            except Exception as e:  # W&B must never stop training
+                logger.warning("W&B logging failed, disabling it: %s", e)
+                self.wandb = None
+        if console:
+            logger.info(console)
+
+    def close(self) -> None:
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb is not None:
+            try:
+                self.wandb.finish()
+            except Exception as e:
+                logger.warning("W&B finish failed: %s", e)
+
+
+def _open_tensorboard(path: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        logger.warning("tensorboard is not installed (pip install torchgpt[logging]); skipping it")
+        return None
+    return SummaryWriter(str(path))
+
+
+def _open_wandb(run_dir: Path, project: str, name: str, config: dict[str, Any]):
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("wandb is not installed (pip install torchgpt[logging]); skipping it")
+        return None
+    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+        # No key: log offline (sync later with `wandb sync`), never block on a login prompt.
+        os.environ["WANDB_MODE"] = "offline"
+    try:
+        return wandb.init(project=project, name=name, dir=str(run_dir), config=config)
+    except Exception as e:
+        logger.warning("W&B init failed, continuing without it: %s", e)
+        return None

@@ -1,0 +1,80 @@
+"""ParallelDims: the single source of truth for data-parallel degrees and the device mesh.
+
+dp_replicate x dp_shard must equal the world size. dp_shard > 1 with dp_replicate > 1 is HSDP,
+dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    dp_replicate: int
+    dp_shard: int
+    world_size: int
+    data_parallel: str = "fsdp"
+
+    @classmethod
+    def from_config(cls, par, world_size: int) -> ParallelDims:
+        """Resolve -1 degrees against world_size and check the product; ValueError lists factors."""
+        rep, shard = par.dp_replicate, par.dp_shard
+        if par.data_parallel == "ddp":
+            # DDP replicates over every rank: a shard degree other than 1 / -1 is a contradiction.
+            if shard not in (-1, 1) or rep not in (1, world_size):
+                raise ValueError(
+                    f"parallelism: data_parallel='ddp' replicates over all {world_size} ranks; "
+                    f"set dp_shard=1 (or -1) and dp_replicate={world_size} (or 1), "
+                    f"got dp_replicate={rep}, dp_shard={shard}"
+                )
+            rep, shard = world_size, 1
+        elif shard == -1:
+            if world_size % rep != 0:
+                raise ValueError(
+                    f"parallelism: dp_replicate={rep} does not divide world_size={world_size}"
+                )
+            shard = world_size // rep
+        if rep * shard != world_size:
+            raise ValueError(
+                f"parallelism: dp_replicate({rep}) x dp_shard({shard}) = {rep * shard} "
+                f"!= world_size({world_size}); make the product equal the number of processes"
+            )
+        return cls(rep, shard, world_size, par.data_parallel)
+
+    @property
+    def dp_degree(self) -> int:
+        return self.dp_replicate * self.dp_shard
+
+    @property
+    def fsdp_enabled(self) -> bool:
+        return self.data_parallel == "fsdp" and self.dp_shard > 1
+
+    @property
+    def hsdp_enabled(self) -> bool:
+        return self.fsdp_enabled and self.dp_replicate > 1
+
+    @property
+    def ddp_enabled(self) -> bool:
+        return self.world_size > 1 and not self.fsdp_enabled
+
+    def build_mesh(self, device_type: str) -> DeviceMesh | None:
+        """A 1-D mesh for FSDP/DDP, a 2-D (replicate, shard) mesh for HSDP; None on one process."""
+        if self.world_size == 1:
+            return None
+        if self.hsdp_enabled:
+            return init_device_mesh(
+                device_type,
+                (self.dp_replicate, self.dp_shard),
+                mesh_dim_names=("dp_replicate", "dp_shard"),
+            )
+        name = "dp_shard" if self.fsdp_enabled else "dp_replicate"
+        return init_device_mesh(device_type, (self.world_size,), mesh_dim_names=(name,))
+
+
+def device_type() -> str:
+    """cuda when a GPU is visible, else cpu: the whole stack picks its backend from this."""
+    return "cuda" if torch.cuda.is_available() else "cpu"

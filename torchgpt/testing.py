@@ -1,0 +1,57 @@
+"""Test support: run a function in N gloo processes on CPU (OLMo-core's run_distributed_test shape).
+
+Each process joins a fresh process group on a free localhost port, runs `fn(*args)`, and tears the
+group down. An exception in any rank fails the caller with that rank's traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def find_free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, env: dict) -> None:
+    os.environ.update(env)
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_WORLD_SIZE=str(world_size),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    # One thread per rank, as torchrun does: ranks share this machine's cores.
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        fn(*args)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed_test(
+    fn: Callable[..., Any], world_size: int = 2, args: tuple = (), env: dict | None = None
+) -> None:
+    """Run fn(*args) in `world_size` spawned gloo processes; re-raise the first failure.
+
+    `fn` must be importable at module level (it is pickled into the children).
+    """
+    mp.start_processes(
+        _worker,
+        args=(world_size, find_free_port(), fn, args, dict(env or {})),
+        nprocs=world_size,
+        join=True,
+        start_method="spawn",
+    )
