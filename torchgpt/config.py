@@ -8,15 +8,9 @@ into exit code 2 so a bad config never starts a run.
 from __future__ import annotations
 
 import dataclasses
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-if sys.version_info >= (3, 11):
-    pass
-else:  # pragma: no cover - exercised only on 3.10
-    pass
 
 
 class ConfigError(ValueError):
@@ -42,7 +36,7 @@ class Job:
 
 @dataclass
 class Model:
-    flavor: str = "debug"
+    flavor: str = "gpt2-124m"
     """Named ModelArgs flavor from torchgpt.model.args.FLAVORS (e.g. debug, gpt2-124m, modern-124m)."""
     qk_norm: bool = False
     """Apply RMSNorm to queries and keys (stabilises modern-* flavors at high lr)."""

@@ -11,11 +11,17 @@ import dataclasses
 import difflib
 import inspect
 import json
+import sys
 import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from torchgpt.config import ConfigError, JobConfig, tomllib
+from torchgpt.config import ConfigError, JobConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The demo behind `make demo`: prepare a small token set, train the debug model on 2 processes,
+# evaluate it, and build the report. Online it streams FineWeb-Edu from the hub; offline set
+# TORCHGPT_SHARED_DIR to the folder holding data/text/openstax, tokenizers/gpt2 and data/eval.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DATA_DIR=${DATA_DIR:-data/demo}
+RUN_NAME=${RUN_NAME:-demo}
+NGPU=${NGPU:-2}
+prep_args=(--out "$DATA_DIR" --max-tokens 4000000 --val-tokens 200000 --shard-tokens 1000000)
+if [ -n "${TORCHGPT_SHARED_DIR:-}" ]; then
+  export TORCHGPT_GPT2_BPE_DIR="$TORCHGPT_SHARED_DIR/tokenizers/gpt2"
+  export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+  prep_args+=(--source "$TORCHGPT_SHARED_DIR/data/text/openstax")
+fi
+
+echo "== 1/4 prepare data -> $DATA_DIR"
+python tools/prepare_data.py "${prep_args[@]}"
+
+echo "== 2/4 train the debug model on $NGPU processes"
+NGPU=$NGPU ./run_train.sh train_configs/debug_model.toml \
+  --data.dataset_path "$DATA_DIR" --job.name "$RUN_NAME" --checkpoint.resume none
+
+RUN_DIR=outputs/$RUN_NAME
+if [ -f tools/eval.py ]; then
+  echo "== 3/4 evaluate every checkpoint"
+  eval_args=(--all --limit 200)
+  [ -n "${TORCHGPT_SHARED_DIR:-}" ] && eval_args+=(--data-dir "$TORCHGPT_SHARED_DIR/data/eval")
+  python tools/eval.py "$RUN_DIR" --data "$DATA_DIR" "${eval_args[@]}"
+fi
+if [ -f tools/report.py ]; then
+  echo "== 4/4 report"
+  python tools/report.py "$RUN_DIR"
+fi
+echo "done: $RUN_DIR"
