@@ -1,0 +1,122 @@
+"""GPT-2 BPE through tiktoken, usable offline.
+
+Owns the one place torchgpt obtains its tokenizer: it seeds tiktoken's file cache from a local
+folder holding the official `vocab.bpe` / `encoder.json` (hash-checked) and turns tiktoken's
+network error into an error that says how to work offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import tiktoken
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "gpt2"
+VOCAB_SIZE = 50257
+EOT_ID = 50256  # <|endoftext|>: GPT-2 and llm.c put it before every document.
+
+BPE_DIR_ENV = "TORCHGPT_GPT2_BPE_DIR"
+
+# The URLs and sha256 sums tiktoken_ext/openai_public.py uses for `gpt2`; tiktoken caches each
+# file as $TIKTOKEN_CACHE_DIR/<sha1(url)> and checks the sha256 itself when it reads it.
+_BPE_BASE_URL = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/"
+GPT2_FILES: dict[str, str] = {
+    "vocab.bpe": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "encoder.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+}
+
+
+def tiktoken_cache_dir() -> Path:
+    """Return the folder tiktoken reads its cached files from, choosing torchgpt's if unset.
+
+    When neither TIKTOKEN_CACHE_DIR nor DATA_GYM_CACHE_DIR is set, tiktoken would use a folder
+    in /tmp; we set TIKTOKEN_CACHE_DIR to a per-user torchgpt folder instead so a seeded cache
+    survives reboots, and so worker processes (which inherit the environment) find it too.
+    """
+    for var in ("TIKTOKEN_CACHE_DIR", "DATA_GYM_CACHE_DIR"):
+        if os.environ.get(var):
+            return Path(os.environ[var])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = base / "torchgpt" / "tiktoken"
+    os.environ["TIKTOKEN_CACHE_DIR"] = str(path)
+    return path
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def seed_tiktoken_cache(bpe_dir: str | os.PathLike) -> Path:
+    """Copy the GPT-2 BPE files from `bpe_dir` into tiktoken's cache after checking their hashes.
+
+    Args:
+        bpe_dir: Folder with `vocab.bpe` and `encoder.json` (e.g. ../shared/tokenizers/gpt2).
+
+    Returns:
+        The cache folder that now holds both files under tiktoken's names.
+
+    Raises:
+        ValueError: A file is missing or its sha256 differs from the official one.
+    """
+    bpe_dir = Path(bpe_dir)
+    cache = tiktoken_cache_dir()
+    for name, expected in GPT2_FILES.items():
+        src = bpe_dir / name
+        if not src.is_file():
+            raise ValueError(
+                f"GPT-2 BPE file {src} does not exist; point data.tokenizer_dir / {BPE_DIR_ENV} "
+                f"at a folder holding both {' and '.join(GPT2_FILES)}"
+            )
+        actual = _sha256(src)
+        if actual != expected:
+            raise ValueError(
+                f"refusing GPT-2 BPE file {src}: sha256 {actual} is not the official {expected}; "
+                f"replace it with the file tiktoken's gpt2 encoding uses"
+            )
+        dst = cache / hashlib.sha1((_BPE_BASE_URL + name).encode()).hexdigest()
+        if dst.is_file() and _sha256(dst) == expected:
+            continue
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_name(f"{dst.name}.{uuid.uuid4().hex}.tmp")
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)  # atomic: a concurrent reader sees the old file or the whole new one
+        logger.info("seeded tiktoken cache %s with %s", dst, src)
+    return cache
+
+
+def get_tokenizer(bpe_dir: str | os.PathLike | None = None) -> tiktoken.Encoding:
+    """Return tiktoken's `gpt2` encoding, seeding its cache from local files when given.
+
+    Args:
+        bpe_dir: Folder with the official `vocab.bpe` and `encoder.json`; None reads the
+            TORCHGPT_GPT2_BPE_DIR environment variable; if that is unset too, tiktoken uses its
+            cache or downloads the files.
+
+    Raises:
+        ValueError: The files in `bpe_dir` are missing or have the wrong hash.
+        RuntimeError: No local files, nothing cached and no network.
+    """
+    if bpe_dir is None:
+        bpe_dir = os.environ.get(BPE_DIR_ENV) or None
+    if bpe_dir is not None:
+        seed_tiktoken_cache(bpe_dir)
+    else:
+        tiktoken_cache_dir()  # make tiktoken use torchgpt's cache folder when none is configured
+    try:
+        enc = tiktoken.get_encoding(TOKENIZER_NAME)
+    except OSError as err:  # requests' ConnectionError and urllib's URLError are OSErrors
+        raise RuntimeError(
+            f"cannot load the GPT-2 tokenizer: its BPE files are not in the tiktoken cache "
+            f"{tiktoken_cache_dir()} and downloading them failed ({type(err).__name__}). "
+            f"Offline, set {BPE_DIR_ENV} (or data.tokenizer_dir) to a folder with vocab.bpe and "
+            f"encoder.json, e.g. ../shared/tokenizers/gpt2"
+        ) from err
+    assert enc.n_vocab == VOCAB_SIZE and enc.eot_token == EOT_ID, "unexpected gpt2 encoding"
+    return enc
