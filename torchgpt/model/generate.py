@@ -1,0 +1,170 @@
+"""Autoregressive decoding: the KV cache, next-token sampling (temperature, top-k, top-p)
+and the `generate` loop behind `GPT.generate`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from torchgpt.model.gpt import GPT
+
+
+class LayerKVCache:
+    """Keys and values of one attention layer, allocated on first use.
+
+    Args:
+        max_seq_len: number of positions to hold.
+    """
+
+    def __init__(self, max_seq_len: int) -> None:
+        self.max_seq_len = max_seq_len
+        self.k: Tensor | None = None
+        self.v: Tensor | None = None
+
+    def update(self, k: Tensor, v: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
+        """Store k, v (B, nh, T, hs) at positions start_pos.. and return all keys/values so far.
+
+        The buffers take the dtype of the first k/v, so the cache follows autocast.
+        """
+        if self.k is None:
+            B, nh, _, hs = k.shape
+            shape = (B, nh, self.max_seq_len, hs)
+            self.k = k.new_zeros(shape)
+            self.v = v.new_zeros(shape)
+        end = start_pos + k.size(2)
+        self.k[:, :, start_pos:end] = k
+        self.v[:, :, start_pos:end] = v
+        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
+
+
+class KVCache:
+    """One `LayerKVCache` per block; index it with the block number.
+
+    Args:
+        n_layers: number of blocks.
+        max_seq_len: positions per layer (the model's context).
+    """
+
+    def __init__(self, n_layers: int, max_seq_len: int) -> None:
+        self.layers = [LayerKVCache(max_seq_len) for _ in range(n_layers)]
+
+    def __getitem__(self, i: int) -> LayerKVCache:
+        return self.layers[i]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+
+def sample_next(
+    logits: Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Pick one token per row of (B, V) logits.
+
+    temperature == 0 or top_k == 1 is greedy (argmax). Top-p keeps the smallest set of
+    most likely tokens whose probability mass reaches top_p (Holtzman et al. 2019).
+
+    Returns:
+        (B,) int64 token ids.
+    """
+    logits = logits.float()
+    if temperature == 0 or top_k == 1:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs  # mass of strictly more likely tokens
+        sorted_logits = sorted_logits.masked_fill(mass_before >= top_p, float("-inf"))
+        logits = torch.empty_like(logits).scatter_(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+def _check_generate_args(
+    tokens: Tensor, max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None
+) -> None:
+    if tokens.dim() != 2 or tokens.size(1) == 0:
+        raise ValueError(f"prompt tokens must be (batch, seq>=1), got {tuple(tokens.shape)}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 means greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1 or None")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p={top_p} must be in (0, 1] or None")
+
+
+@torch.no_grad()
+def generate(
+    model: GPT,
+    tokens: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    eos_id: int | None = 50256,
+    use_cache: bool = True,
+) -> Tensor:
+    """Extend `tokens` by up to `max_new_tokens` sampled tokens.
+
+    With `use_cache` the prompt is run once and each step feeds only the newest token,
+    reading earlier keys/values from a KV cache; the result equals full recomputation.
+    Once the sequence outgrows the context, both modes recompute over the last
+    `max_seq_len` tokens (nanoGPT's sliding window).
+
+    Args:
+        model: the GPT (put in eval mode for the call, restored after).
+        tokens: (B, T) prompt ids.
+        max_new_tokens: most tokens to add.
+        temperature: softmax temperature; 0 is greedy.
+        top_k: keep only the k most likely tokens.
+        top_p: nucleus sampling mass.
+        seed: seeds a private generator so sampling is reproducible; None uses the global RNG.
+        eos_id: a row that emits it is finished and padded with it; generation stops when
+            every row is finished. None disables stopping (50256 is GPT-2's <|endoftext|>).
+        use_cache: decode incrementally with a KV cache.
+
+    Returns:
+        (B, T + n) ids, n <= max_new_tokens.
+    """
+    _check_generate_args(tokens, max_new_tokens, temperature, top_k, top_p)
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=tokens.device)
+        generator.manual_seed(seed)
+    context = model.args.max_seq_len
+    cache = KVCache(model.args.n_layers, context) if use_cache else None
+    cached = 0  # number of leading tokens whose keys/values are in the cache
+    finished = torch.zeros(tokens.size(0), dtype=torch.bool, device=tokens.device)
+    was_training = model.training
+    model.eval()
+    try:
+        for _ in range(max_new_tokens):
+            if cache is not None and tokens.size(1) <= context:
+                logits = model(tokens[:, cached:], kv_cache=cache, start_pos=cached)
+                cached = tokens.size(1)
+            else:
+                logits = model(tokens[:, -context:])
+            next_token = sample_next(logits[:, -1, :], temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                next_token = next_token.masked_fill(finished, eos_id)
+                finished = finished | (next_token == eos_id)
+            tokens = torch.cat((tokens, next_token[:, None].to(tokens.dtype)), dim=1)
+            if eos_id is not None and bool(finished.all()):
+                break
+    finally:
+        model.train(was_training)
+    return tokens

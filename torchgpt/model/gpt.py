@@ -1,0 +1,324 @@
+"""The GPT model: Attention, FeedForward, Block and GPT, in the style of nanoGPT's model.py.
+
+Construction only builds modules (it works under `torch.device("meta")`); `init_weights()`
+fills parameters and the RoPE tables, so the model can be built on meta, parallelized,
+materialized with `to_empty()` and then initialized.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchgpt.model.args import ModelArgs
+from torchgpt.model.generate import KVCache, LayerKVCache, generate
+from torchgpt.model.rope import apply_rope, rope_tables
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): statistics in fp32, output in the input's dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Same order of operations as Hugging Face's LlamaRMSNorm, for exact export parity.
+        return self.weight.type_as(x) * xf.type_as(x)
+
+
+def build_norm(args: ModelArgs, dim: int) -> nn.Module:
+    """Return the normalization layer `args.norm_type` over the last `dim` features."""
+    if args.norm_type == "rmsnorm":
+        return RMSNorm(dim, args.norm_eps)
+    return nn.LayerNorm(dim, eps=args.norm_eps, bias=args.bias)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads = args.n_heads
+        self.head_dim = args.head_dim
+        self.qkv = nn.Linear(args.dim, 3 * args.dim, bias=args.bias)
+        self.proj = nn.Linear(args.dim, args.dim, bias=args.bias)
+        self.q_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+
+    def forward(
+        self,
+        x: Tensor,
+        rope_cos: Tensor | None = None,
+        rope_sin: Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+    ) -> Tensor:
+        B, T, C = x.size()  # batch, sequence length, embedding dim (d)
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, d)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope_cos is not None:
+            q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, start_pos)  # (B, nh, start_pos + T, hs)
+        y = _causal_attention(q, k, v)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, d)
+        return self.proj(y)
+
+
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """SDPA where query i (the last T_q of T_k positions) sees keys 0 .. T_k - T_q + i."""
+    t_q, t_k = q.size(2), k.size(2)
+    if t_q == t_k:  # training and cache prefill
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if t_q == 1:  # one-token decoding step: every cached key is in the past
+        return F.scaled_dot_product_attention(q, k, v)
+    # Several new tokens after a cached prefix: is_causal would align the mask top-left.
+    mask = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device).tril(diagonal=t_k - t_q)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+class FeedForward(nn.Module):
+    """GELU MLP (GPT-2) or SwiGLU (Shazeer 2020): proj(silu(gate(x)) * fc(x))."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        hidden = args.hidden_dim
+        self.fc = nn.Linear(args.dim, hidden, bias=args.bias)
+        self.gate = (
+            nn.Linear(args.dim, hidden, bias=args.bias) if args.mlp_type == "swiglu" else None
+        )
+        self.proj = nn.Linear(hidden, args.dim, bias=args.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is None:
+            # tanh approximation = GPT-2's "gelu_new", so exported weights match exactly.
+            return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+        return self.proj(F.silu(self.gate(x)) * self.fc(x))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block (GPT-2 section 2.3): x + attn(norm(x)), x + mlp(norm(x))."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.attn_norm = build_norm(args, args.dim)
+        self.attn = Attention(args)
+        self.mlp_norm = build_norm(args, args.dim)
+        self.mlp = FeedForward(args)
+
+    def forward(
+        self,
+        x: Tensor,
+        rope_cos: Tensor | None = None,
+        rope_sin: Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope_cos, rope_sin, kv_cache, start_pos)
+        x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+def _values_unavailable(t: Tensor) -> bool:
+    """True when t has no concrete values to check (compiling, meta or fake tensors)."""
+    if torch.compiler.is_compiling() or t.device.type == "meta":
+        return True
+    from torch._subclasses.fake_tensor import is_fake  # used by FakeTensorMode memory tracing
+
+    return is_fake(t)
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer; `forward(tokens) -> logits` over the real vocabulary.
+
+    Args:
+        args: the architecture; validated here.
+    """
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        args.validate()
+        self.args = args
+        vocab = args.padded_vocab_size
+        self.tok_embeddings = nn.Embedding(vocab, args.dim)
+        self.pos_embeddings = None
+        if args.pos_embedding == "learned":
+            self.pos_embeddings = nn.Embedding(args.max_seq_len, args.dim)
+        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        self.norm = build_norm(args, args.dim)
+        # A tied head's own weight would be replaced at once: build it on meta, no memory.
+        head_device = "meta" if args.tie_embeddings else None
+        self.output = nn.Linear(args.dim, vocab, bias=False, device=head_device)
+        self.tie_weights()
+        # RoPE tables live on the root as non-persistent buffers: not in checkpoints, not
+        # sharded by FSDP2, recomputed by init_weights() after to_empty().
+        cos, sin = self._rope_tables(device=None)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def _rope_tables(self, device: torch.device | None) -> tuple[Tensor | None, Tensor | None]:
+        if self.args.pos_embedding != "rope":
+            return None, None
+        a = self.args
+        return rope_tables(a.head_dim, a.max_seq_len, a.rope_theta, device=device)
+
+    def tie_weights(self) -> None:
+        """Make output.weight the token embedding (no-op when untied or already tied).
+
+        `to_empty()` replaces each parameter separately and so breaks the tie; init_weights()
+        calls this first.
+        """
+        if self.args.tie_embeddings and self.output.weight is not self.tok_embeddings.weight:
+            self.output.weight = self.tok_embeddings.weight
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialize every parameter and buffer in place (GPT-2 scheme).
+
+        Weights ~ N(0, init_std) and biases zero, as in GPT-2 (Radford et al. 2019) and
+        nanoGPT; the residual output projections (attn.proj, mlp.proj) use
+        init_std / sqrt(2 * n_layers), GPT-2 section 2.3: "scale the weights of residual
+        layers at initialization by a factor of 1/sqrt(N) where N is the number of residual
+        layers" (two per block), so the residual stream variance does not grow with depth.
+        Norm weights are ones. The padded vocabulary rows are initialized too; they are never
+        read as inputs, and their logits are sliced off, so they get no gradient.
+
+        Args:
+            seed: if given, seed the RNG for the init (the caller's RNG state is restored);
+                otherwise use the current global RNG.
+        """
+        self.tie_weights()
+        device = self.tok_embeddings.weight.device
+        fork_devices = [device] if device.type not in ("cpu", "meta") else []
+        with torch.random.fork_rng(
+            devices=fork_devices, enabled=seed is not None, device_type=device.type
+        ):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self._init_parameters()
+        self.init_buffers()
+
+    def init_buffers(self) -> None:
+        """(Re)compute the non-persistent buffers (RoPE tables) on the parameters' device."""
+        cos, sin = self._rope_tables(device=self.tok_embeddings.weight.device)
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def _init_parameters(self) -> None:
+        std = self.args.init_std
+        residual_std = std / math.sqrt(2 * self.args.n_layers)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.Linear):
+                if module is self.output and self.args.tie_embeddings:
+                    continue  # its weight is the token embedding, initialized above
+                is_residual = name.endswith("attn.proj") or name.endswith("mlp.proj")
+                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
+                module.reset_parameters()
+
+    def num_params(self, embeddings: bool = True) -> int:
+        """Parameters actually held (padded vocabulary; a tied matrix counted once).
+
+        Args:
+            embeddings: include the token and position tables (see `args.num_params`).
+        """
+        total = sum(p.numel() for p in self.parameters())
+        if not embeddings:
+            total -= self.tok_embeddings.weight.numel()
+            if self.pos_embeddings is not None:
+                total -= self.pos_embeddings.weight.numel()
+            # An untied lm-head is a matmul, not a lookup: it stays in the count.
+        return total
+
+    def _check_inputs(self, tokens: Tensor, start_pos: int) -> None:
+        if tokens.dim() != 2:
+            raise ValueError(f"tokens must be (batch, seq) ints, got shape {tuple(tokens.shape)}")
+        end = start_pos + tokens.size(1)
+        if end > self.args.max_seq_len:
+            kind = "learned position table" if self.pos_embeddings is not None else "RoPE tables"
+            raise ValueError(
+                f"sequence of {end} positions (start_pos={start_pos} + {tokens.size(1)} tokens) "
+                f"exceeds the model context max_seq_len={self.args.max_seq_len} ({kind}); "
+                f"crop the input or use a flavor with a larger max_seq_len"
+            )
+        if tokens.numel() == 0 or _values_unavailable(tokens):
+            return
+        lo, hi = int(tokens.min()), int(tokens.max())
+        if lo < 0 or hi >= self.args.vocab_size:
+            raise ValueError(
+                f"token ids must lie in [0, vocab_size={self.args.vocab_size}), got min={lo} "
+                f"max={hi}; the tokenizer does not match this model's vocab_size"
+            )
+
+    def forward(
+        self, tokens: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+    ) -> Tensor:
+        """Compute next-token logits.
+
+        Args:
+            tokens: (B, T) integer token ids.
+            kv_cache: cache for incremental decoding (see `generate`); None for training.
+            start_pos: position of tokens[:, 0] (number of tokens already in the cache).
+
+        Returns:
+            (B, T, vocab_size) logits in the compute dtype; the padded vocabulary columns
+            are sliced off here so they can never be sampled or enter a loss.
+        """
+        self._check_inputs(tokens, start_pos)
+        T = tokens.size(1)
+        x = self.tok_embeddings(tokens)  # (B, T, d)
+        rope_cos = rope_sin = None
+        if self.pos_embeddings is not None:
+            pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
+            x = x + self.pos_embeddings(pos)  # (B, T, d) + (T, d)
+        else:
+            rope_cos = self.rope_cos[start_pos : start_pos + T]  # (T, hs)
+            rope_sin = self.rope_sin[start_pos : start_pos + T]  # (T, hs)
+        for i, layer in enumerate(self.layers):
+            layer_cache = kv_cache[i] if kv_cache is not None else None
+            x = layer(x, rope_cos, rope_sin, layer_cache, start_pos)  # (B, T, d)
+        x = self.norm(x)
+        logits = self.output(x)  # (B, T, padded_vocab)
+        return logits[..., : self.args.vocab_size]  # (B, T, vocab)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        tokens: Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        eos_id: int | None = 50256,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Sample a continuation of `tokens`; see `torchgpt.model.generate.generate`."""
+        return generate(
+            self,
+            tokens,
+            max_new_tokens,
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            seed=seed,
+            eos_id=eos_id,
+            use_cache=use_cache,
+        )
