@@ -82,7 +82,12 @@ def test_offline_and_not_seeded_says_so(fresh_cache, monkeypatch):
 def test_document_stream_matches_encode_ordinary(gpt2_bpe_dir):
     # The prepare workers use encode_to_numpy; it must equal encode_ordinary, including text
     # that spells the special token (which stays ordinary text, never id 50256).
-    docs = ["Hello world", "", "a <|endoftext|> b\n\n  tabs\tand unicode: caf\u00e9 \u4e2d\u6587"]
+    docs = [
+        "Hello world",
+        "",
+        "a <|endoftext|> b\n\n  tabs\tand unicode: caf\u00e9 \u4e2d\u6587",
+        "lone surrogate \ud800 from a JSON string",
+    ]
     _init_worker(str(gpt2_bpe_dir), 0.0)
     tokens, lengths, flags = tokenize_documents(docs)
     enc = tiktoken.get_encoding("gpt2")

@@ -119,9 +119,14 @@ def in_val_by_hash(text: str, fraction: float) -> bool:
 def _encode(enc: tiktoken.Encoding, text: str) -> np.ndarray:
     # encode_to_numpy with no special tokens allowed is encode_ordinary without building a
     # Python list (about 1.4x faster); text that spells "<|endoftext|>" stays ordinary text.
-    if hasattr(enc, "encode_to_numpy"):
+    if not hasattr(enc, "encode_to_numpy"):  # tiktoken < 0.8
+        return np.asarray(enc.encode_ordinary(text), dtype=np.uint32)
+    try:
         return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-    return np.asarray(enc.encode_ordinary(text), dtype=np.uint32)  # tiktoken < 0.8
+    except UnicodeEncodeError:
+        # Lone surrogates (legal in JSON strings): replace them as encode_ordinary does.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+        return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
 
 
 def tokenize_documents(texts: list[str]) -> Batch:
@@ -161,10 +166,11 @@ def tokenize_ordered(
         _init_worker(bpe_dir, val_fraction)
         yield from map(tokenize_documents, batches)
         return
-    # fork: workers inherit the loaded tokenizer; the pool starts before any source is opened.
+    # fork: workers inherit the tokenizer the parent has loaded, so they start at once.
     ctx = multiprocessing.get_context("fork") if os.name == "posix" else None
     init = (bpe_dir, val_fraction, os.getpid())
     with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=init) as pool:
+        pool.submit(os.getpid).result()  # fork every worker now, before a source starts threads
         pending: deque = deque()
         try:
             for batch in batches:
@@ -203,7 +209,6 @@ class _Run:
 
     def add(self, tokens: np.ndarray, lengths: np.ndarray, flags: np.ndarray | None) -> bool:
         """Write one tokenized batch; True once the token cap is reached."""
-        self.next_doc += len(lengths)
         capped = self.cfg.max_tokens is not None and (
             self.total_tokens + len(tokens) >= self.cfg.max_tokens
         )
@@ -216,6 +221,7 @@ class _Run:
             lengths[last] -= cum[last] - remaining
             tokens = tokens[:remaining]
             flags = None if flags is None else flags[: last + 1]
+        self.next_doc += len(lengths)
         if self.val_tokens is not None:  # the first documents, until val holds val_tokens
             starts = self.tokens["val"] + np.cumsum(lengths) - lengths
             flags = starts < self.val_tokens
@@ -384,6 +390,12 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
         where = ", ".join(cfg.inputs) if cfg.inputs else cfg.hf_dataset
         raise ValueError(f"source {where} holds no documents")
     manifest = run.finish()
+    if not manifest["tokens"]["train"]:
+        logger.warning(
+            "every document of %s went to the val split, but training needs train shards; "
+            "lower --val-tokens / --val-fraction (val holds out whole documents)",
+            out,
+        )
     logger.info(
         "wrote %d shards to %s: %s tokens, %s documents",
         len(manifest["shards"]),
