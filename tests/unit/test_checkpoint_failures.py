@@ -1,0 +1,203 @@
+"""Checkpoint failures in one process: full disk, killed saves, corrupt files, wrong model shape."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import re
+import shutil
+
+import pytest
+import torch
+from test_checkpoint_manager import Bundle
+from torch import nn
+from torch.distributed.checkpoint.filesystem import FileSystem
+
+from torchgpt.checkpoint import CheckpointManager, CheckpointSaveError, ModelState, layout
+
+
+class _LimitedStream:
+    """A write stream on a disk with `budget[0]` bytes left: writes past it fail with ENOSPC."""
+
+    def __init__(self, stream, budget: list[int]) -> None:
+        self._stream, self._budget = stream, budget
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        if n > self._budget[0]:
+            self._stream.write(memoryview(data).cast("B")[: self._budget[0]])  # a torn write
+            self._budget[0] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._budget[0] -= n
+        return self._stream.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def fill_disk(monkeypatch, budget: int) -> None:
+    """Make DCP's storage layer (FileSystem.create_stream) run out of space after `budget` bytes."""
+    original = FileSystem.create_stream
+    left = [budget]
+
+    @contextlib.contextmanager
+    def create_stream(self, path, mode):
+        with original(self, path, mode) as stream:
+            yield _LimitedStream(stream, left) if "w" in mode else stream
+
+    monkeypatch.setattr(FileSystem, "create_stream", create_stream)
+
+
+def _weights(bundle: Bundle) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in bundle.model.state_dict().items()}
+
+
+def _assert_weights(bundle: Bundle, expected: dict[str, torch.Tensor]) -> None:
+    for key, value in bundle.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+
+
+def _distcp_size(path) -> int:
+    return sum(f.stat().st_size for f in path.glob("*.distcp"))
+
+
+@pytest.mark.parametrize("where", ["first byte", "mid shard", "metadata", "marker"])
+def test_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    b = Bundle()
+    b.step()
+    mgr = b.manager(tmp_path)
+    first = mgr.save(2, val_loss=3.0)
+    at_2 = _weights(b)
+    b.step()
+    size = _distcp_size(first)
+    with monkeypatch.context() as patch:
+        if where == "marker":
+            real = layout.write_json_atomic
+
+            def no_space_for_marker(path, obj):
+                if path.name == layout.MARKER_NAME:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                real(path, obj)
+
+            patch.setattr(layout, "write_json_atomic", no_space_for_marker)
+        else:
+            budget = {"first byte": 0, "mid shard": size // 2, "metadata": size + 16}[where]
+            fill_disk(patch, budget)
+        with pytest.raises(CheckpointSaveError, match="No space left on device") as err:
+            mgr.save(4, val_loss=1.0)
+    assert "step-2 is still the newest" in str(err.value)
+    ckpt_dir = tmp_path / "checkpoints"
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best.json", "step-2"]
+    assert (mgr.best_step, mgr.best_val_loss) == (2, 3.0)  # the failed save is not "best"
+    fresh = Bundle(seed=9)
+    assert fresh.manager(tmp_path).load() == 2
+    _assert_weights(fresh, at_2)
+    assert mgr.save(4) == ckpt_dir / "step-4"  # with space again, saving works
+
+
+def test_killed_saves_are_skipped_with_a_warning(tmp_path, caplog):
+    b = Bundle()
+    mgr = b.manager(tmp_path)
+    mgr.save(2)
+    b.step()
+    step_4 = mgr.save(4)
+    at_4 = _weights(b)
+    b.step()
+    step_8 = mgr.save(8)
+    ckpt_dir = tmp_path / "checkpoints"
+    # SIGKILL mid-save: a tmp folder with a torn shard, and a step folder without its marker.
+    torn = ckpt_dir / "step-6.tmp"
+    torn.mkdir()
+    (torn / "__0_0.distcp").write_bytes((step_4 / "__0_0.distcp").read_bytes()[:100])
+    (step_8 / layout.MARKER_NAME).unlink()
+
+    fresh = Bundle(seed=9)
+    with caplog.at_level(logging.WARNING):
+        assert fresh.manager(tmp_path).load(resume="auto") == 4
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        f"skipping incomplete checkpoint {torn} (its save never finished)",
+        f"skipping incomplete checkpoint {step_8} (its save never finished)",
+    ]
+    _assert_weights(fresh, at_4)
+    with pytest.raises(
+        ValueError, match=r"load_step=8: .*step-8 is incomplete .*'step-2', 'step-4'"
+    ):
+        fresh.manager(tmp_path).load(load_step=8)
+    with pytest.raises(ValueError, match="load_step=6: .*step-6 does not exist"):
+        fresh.manager(tmp_path).load(load_step=6)
+    mgr.save(10)  # the next save clears the unfinished tmp folder
+    assert not torn.exists() and (ckpt_dir / "step-10").is_dir()
+
+
+def test_corrupt_checkpoints_are_skipped_or_rejected(tmp_path, caplog):
+    b = Bundle()
+    mgr = b.manager(tmp_path)
+    mgr.save(2)
+    at_2 = _weights(b)
+    b.step()
+    mgr.save(4)
+    b.step()
+    mgr.save(6)
+    ckpt_dir = tmp_path / "checkpoints"
+    (ckpt_dir / "step-6" / ".metadata").write_bytes(b"not a pickle")
+    shard = ckpt_dir / "step-4" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-2000])  # truncated data file
+
+    fresh = Bundle(seed=9)
+    with caplog.at_level(logging.WARNING):
+        assert fresh.manager(tmp_path).load() == 2
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert "corrupt checkpoint" in warned and "step-6" in warned and "step-4" in warned
+    _assert_weights(fresh, at_2)  # step-4's partial read was overwritten by step-2
+    with pytest.raises(ValueError, match="step-6: unreadable DCP .metadata"):
+        fresh.manager(tmp_path).load(load_step=6)
+    with pytest.raises(ValueError, match="step-4 could not be read"):
+        fresh.manager(tmp_path).load(load_step=4)
+    shutil.rmtree(ckpt_dir / "step-2")
+    with pytest.raises(RuntimeError, match="already overwrote part of the model"):
+        Bundle(seed=9).manager(tmp_path).load()
+
+
+def test_shape_mismatch_lists_keys_and_shapes(tmp_path):
+    Bundle(hidden=16).manager(tmp_path).save(2)
+    bigger = Bundle(hidden=32)
+    with pytest.raises(ValueError) as err:
+        bigger.manager(tmp_path).load()
+    msg = str(err.value)
+    assert "step-2 does not match the model" in msg
+    assert "model.0.weight: saved shape (16, 8) vs expected (32, 8)" in msg
+    assert "model.0.bias: saved shape (16,) vs expected (32,)" in msg
+    assert "model.2.weight: saved shape (4, 16) vs expected (4, 32)" in msg
+    assert "optimizer.state.0.weight.exp_avg: saved shape (16, 8) vs expected (32, 8)" in msg
+    assert "model.2.bias" not in msg  # same shape, not listed
+
+    def model_only(model):
+        return CheckpointManager(tmp_path, states={"model": ModelState(model)}, interval=1)
+
+    deeper = torch.nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4), nn.Linear(4, 4))
+    with pytest.raises(ValueError, match=r"model.3.weight: missing from the checkpoint"):
+        model_only(deeper).load(load_step=2)
+    with pytest.raises(ValueError, match=r"model.2.weight: in the checkpoint .* not in the model"):
+        model_only(nn.Sequential(nn.Linear(8, 16))).load()
+
+
+def test_bad_explicit_paths_name_the_path_and_the_fix(tmp_path):
+    b = Bundle()
+    b.manager(tmp_path).save(2)
+    other = Bundle(seed=3)
+    mgr = other.manager(tmp_path / "other_run")
+    missing = tmp_path / "nope"
+    expected = f"checkpoint.load_path: {missing} does not exist; point it at a checkpoint folder"
+    with pytest.raises(ValueError, match=re.escape(expected) + r".*\['step-2'\]"):
+        b.manager(tmp_path).load(load_path=str(missing))
+    with pytest.raises(ValueError, match="holds checkpoints; point it at one of its step-N"):
+        mgr.load(load_path=str(tmp_path))
+    export = tmp_path / "model.pt"
+    export.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is a file, not a DCP checkpoint folder"):
+        mgr.load(load_path=str(export))
+    assert mgr.load(load_path=str(tmp_path / "checkpoints" / "step-2")) == 2
+    _assert_weights(other, _weights(b))
