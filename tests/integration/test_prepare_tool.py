@@ -25,20 +25,20 @@ import prepare_data  # noqa: E402  (the CLI under test)
 
 pytestmark = pytest.mark.slow
 
-# Runs prepare() with a source that stops (sleeps) before document BLOCK_AT, after writing a
+# Runs prepare() with a source that stops (sleeps) before part (batch) BLOCK_AT, after writing a
 # marker file, so the test can SIGKILL it at a known point mid-shard.
 KILL_SCRIPT = """
 import json, pathlib, sys, time
 from torchgpt.data import prepare, sources
 args = json.loads(sys.argv[1])
-real = sources.iter_local_documents
+real = sources.iter_local_parts
 def blocking(*a, **k):
-    for i, doc in enumerate(real(*a, **k)):
+    for i, part in enumerate(real(*a, **k)):
         if i == args["block_at"]:
             pathlib.Path(args["marker"]).write_text("blocked")
             time.sleep(600)
-        yield doc
-sources.iter_local_documents = blocking
+        yield part
+sources.iter_local_parts = blocking
 prepare.prepare(prepare.PrepareConfig(**args["cfg"]))
 """
 
@@ -73,7 +73,7 @@ def test_sigkill_mid_run_then_rerun_equals_uninterrupted_run(tmp_path, gpt2_bpe_
         "batch_chars": 1500,
         "progress": False,
     }
-    args = json.dumps({"cfg": cfg, "block_at": 250, "marker": str(marker)})
+    args = json.dumps({"cfg": cfg, "block_at": 50, "marker": str(marker)})
     proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, args], cwd=REPO)
     try:
         deadline = time.monotonic() + 120

@@ -124,25 +124,25 @@ def test_output_is_byte_identical_across_runs_workers_and_batching(tmp_path, doc
 def test_interrupted_run_resumes_to_identical_output(tmp_path, docs_file, monkeypatch):
     path, _ = docs_file
     _, reference = run(tmp_path, "ref", [path], val_fraction=0.2)
-    real = sources.iter_local_documents
+    real = sources.iter_local_parts
 
-    def dies_after_100_docs(*args, **kwargs):
-        for i, doc in enumerate(real(*args, **kwargs)):
-            if i == 100:
+    def dies_midway(*args, **kwargs):
+        for i, part in enumerate(real(*args, **kwargs)):
+            if i == 40:
                 raise KeyboardInterrupt
-            yield doc
+            yield part
 
-    monkeypatch.setattr(sources, "iter_local_documents", dies_after_100_docs)
+    monkeypatch.setattr(sources, "iter_local_parts", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path, "out", [path], val_fraction=0.2, batch_chars=200)
     out = tmp_path / "out"
     state = json.loads((out / prep.STATE_FILE).read_text())
-    assert 0 < state["next_doc"] < 100 and not (out / "manifest.json").exists()
+    assert 0 < state["next_doc"] < 150 and not (out / "manifest.json").exists()
     partial = out / f".train_{len(state['splits']['train']['shards']):06d}.bin.partial"
     assert partial.exists()
     # Also survive a kill between renaming a finished shard and recording it in the state.
     partial.rename(out / partial.name[1:].removesuffix(".partial"))
-    monkeypatch.setattr(sources, "iter_local_documents", real)
+    monkeypatch.setattr(sources, "iter_local_parts", real)
     run(tmp_path, "out", [path], val_fraction=0.2, workers=2)
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in reference.iterdir())
     for p in reference.iterdir():

@@ -17,8 +17,11 @@ def corpus(tmp_path):
     """A folder with one file of each kind (and one file of no supported kind)."""
     root = tmp_path / "corpus"
     (root / "sub").mkdir(parents=True)
-    pq.write_table(pa.table({"text": ["p0", "p1", "p2", "p3", "p4"], "id": list(range(5))}),
-                   root / "a.parquet", row_group_size=2)  # fmt: skip
+    pq.write_table(
+        pa.table({"text": ["p0", "p1", "p2", "p3", "p4"], "id": list(range(5))}),
+        root / "a.parquet",
+        row_group_size=2,
+    )
     (root / "b.jsonl").write_text('{"text": "j0"}\n\n{"text": "j1", "x": 1}\n')
     with gzip.open(root / "sub" / "c.jsonl.gz", "wt") as f:
         f.write(json.dumps({"text": "g0"}) + "\n" + json.dumps({"text": "g1"}) + "\n")
@@ -44,11 +47,30 @@ def test_globs_and_files_keep_the_given_order_without_duplicates(corpus):
     assert [p.name for p in files] == ["b.jsonl", "a.parquet", "c.jsonl.gz", "d.txt"]
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["parts", "streamed"])
 @pytest.mark.parametrize("skip", [0, 1, 2, 3, 5, 6, 9, 10, 12])
-def test_skip_equals_dropping_the_first_documents(corpus, monkeypatch, skip):
-    monkeypatch.setattr(sources, "_PARQUET_BATCH_ROWS", 2)  # skip across parquet batches too
+def test_skip_equals_dropping_the_first_documents(corpus, monkeypatch, skip, streamed):
+    if streamed:  # row groups too big to hand out: the reader streams them in small batches
+        monkeypatch.setattr(sources, "PART_MAX_BYTES", 0)
+        monkeypatch.setattr(sources, "_PARQUET_BATCH_ROWS", 1)
     files = sources.resolve_local_files([str(corpus)])
     assert list(sources.iter_local_documents(files, skip=skip)) == ALL_DOCS[skip:]
+    parts = list(sources.iter_local_parts(files, skip=skip, batch_chars=5))
+    flat = [d for p in parts for d in (p.read() if isinstance(p, sources.ParquetPart) else p)]
+    assert flat == ALL_DOCS[skip:]
+
+
+def test_parts_hand_out_row_groups_and_batch_the_rest(corpus):
+    files = sources.resolve_local_files([str(corpus)])
+    parts = list(sources.iter_local_parts(files, skip=1, batch_chars=5))
+    row_groups = [p for p in parts if isinstance(p, sources.ParquetPart)]
+    assert [(p.row_group, p.first_row, p.start) for p in row_groups] == [
+        (0, 0, 1),
+        (1, 2, 0),
+        (2, 4, 0),
+    ]
+    assert [p.read() for p in row_groups] == [["p1"], ["p2", "p3"], ["p4"]]
+    assert parts[3:] == [["j0", "j1", "g0"], ["g1", ALL_DOCS[-1]]]  # closed at >= 5 characters
 
 
 def test_missing_and_empty_inputs_are_named(tmp_path, corpus):

@@ -143,28 +143,25 @@ def tokenize_documents(texts: list[str]) -> Batch:
     return tokens, lengths, flags
 
 
-def _batches(docs: Iterable[str], batch_chars: int) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for doc in docs:
-        batch.append(doc)
-        size += len(doc)
-        if size >= batch_chars:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
+def tokenize_part(part: list[str] | sources.ParquetPart) -> Batch:
+    """Worker task: read the part if it is a parquet row group, then tokenize its documents."""
+    return tokenize_documents(part.read() if isinstance(part, sources.ParquetPart) else part)
 
 
 def tokenize_ordered(
-    batches: Iterable[list[str]], workers: int, bpe_dir: str | None, val_fraction: float
+    parts: Iterable[list[str] | sources.ParquetPart],
+    workers: int,
+    bpe_dir: str | None,
+    val_fraction: float,
 ) -> Iterator[Batch]:
-    """Map `tokenize_documents` over batches in a process pool, keeping input order.
+    """Map `tokenize_part` over parts in a process pool, keeping input order.
 
-    At most 2 x workers batches are in flight, so memory stays bounded on an endless stream.
+    At most 4 x workers parts are in flight, so memory stays bounded on an endless stream while
+    workers always have queued work when the main process is briefly descheduled.
     """
     if workers == 0:
         _init_worker(bpe_dir, val_fraction)
-        yield from map(tokenize_documents, batches)
+        yield from map(tokenize_part, parts)
         return
     # fork: workers inherit the tokenizer the parent has loaded, so they start at once.
     ctx = multiprocessing.get_context("fork") if os.name == "posix" else None
@@ -173,9 +170,9 @@ def tokenize_ordered(
         pool.submit(os.getpid).result()  # fork every worker now, before a source starts threads
         pending: deque = deque()
         try:
-            for batch in batches:
-                pending.append(pool.submit(tokenize_documents, batch))
-                if len(pending) >= 2 * workers:
+            for part in parts:
+                pending.append(pool.submit(tokenize_part, part))
+                if len(pending) >= 4 * workers:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
@@ -341,6 +338,24 @@ def _previous_run(out: Path, settings: dict) -> tuple[dict | None, dict | None]:
     return None, None
 
 
+def _source_parts(
+    cfg: PrepareConfig, files: list[Path] | None, skip: int
+) -> tuple[Iterator[list[str] | sources.ParquetPart], int | None]:
+    """(work for the tokenizer pool, documents expected if known) from document `skip` on."""
+    if files is not None:
+        parts = sources.iter_local_parts(files, cfg.text_field, skip, cfg.batch_chars)
+        return parts, sources.count_local_documents(files)
+    docs = sources.iter_hub_documents(
+        cfg.hf_dataset,
+        config=cfg.hf_config,
+        split=cfg.hf_split,
+        text_field=cfg.text_field,
+        data_files=cfg.hf_data_files,
+        skip=skip,
+    )
+    return sources.batch_documents(docs, cfg.batch_chars), None
+
+
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     """Tokenize a corpus into `cfg.out_dir` and return its manifest (resuming if interrupted).
 
@@ -361,25 +376,12 @@ def prepare(cfg: PrepareConfig) -> dict[str, Any]:
     run = _Run(out, cfg, settings, state)
     if state:
         logger.info("resuming %s after document %d (%s)", out, run.next_doc, run.tokens)
-    if files is not None:
-        docs = sources.iter_local_documents(files, cfg.text_field, skip=run.next_doc)
-        total_docs = sources.count_local_documents(files)
-    else:
-        docs = sources.iter_hub_documents(
-            cfg.hf_dataset,
-            config=cfg.hf_config,
-            split=cfg.hf_split,
-            text_field=cfg.text_field,
-            data_files=cfg.hf_data_files,
-            skip=run.next_doc,
-        )
-        total_docs = None
+    parts, total_docs = _source_parts(cfg, files, skip=run.next_doc)
     progress = Progress(total_docs, cfg.max_tokens, enabled=cfg.progress)
     progress.start(run.next_doc, run.total_tokens)
-    batches = _batches(docs, cfg.batch_chars)
     val_fraction = settings["val_fraction"] or 0.0
     for tokens, lengths, flags in tokenize_ordered(
-        batches, cfg.workers, cfg.tokenizer_dir, val_fraction
+        parts, cfg.workers, cfg.tokenizer_dir, val_fraction
     ):
         capped = run.add(tokens, lengths, flags)
         progress.update(run.next_doc, run.total_tokens)

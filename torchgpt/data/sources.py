@@ -11,11 +11,13 @@ import gzip
 import itertools
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 LOCAL_SUFFIXES = (".parquet", ".jsonl", ".jsonl.gz", ".txt")
+PART_MAX_BYTES = 64 << 20  # larger row groups (uncompressed text) are streamed, not handed out
 _PARQUET_BATCH_ROWS = 1024
 
 
@@ -74,7 +76,7 @@ def _as_text(value: Any, text_field: str, where: str) -> str:
     return value
 
 
-def _iter_parquet(path: Path, text_field: str, skip: int) -> Iterator[str]:
+def _open_parquet(path: Path, text_field: str) -> Any:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
@@ -83,14 +85,62 @@ def _iter_parquet(path: Path, text_field: str, skip: int) -> Iterator[str]:
             f"{path} has no column {text_field!r} (columns: {', '.join(pf.schema_arrow.names)}); "
             f"pass the text column with --text-field"
         )
-    row = 0
-    # Single-threaded decoding: the cores belong to the tokenizer workers.
-    for batch in pf.iter_batches(_PARQUET_BATCH_ROWS, columns=[text_field], use_threads=False):
-        if row + batch.num_rows > skip:
-            start = max(skip - row, 0)
-            for offset, value in enumerate(batch.column(0).to_pylist()[start:], start):
-                yield _as_text(value, text_field, f"{path} row {row + offset}")
-        row += batch.num_rows
+    return pf
+
+
+@dataclass(frozen=True)
+class ParquetPart:
+    """Rows `start`.. of one parquet row group, read by the process that tokenizes them.
+
+    Handing tokenizer workers row groups rather than text keeps parquet decoding and the text
+    transfer off the main process, which would otherwise cap throughput at a few workers.
+    """
+
+    path: Path
+    row_group: int
+    first_row: int  # index of the row group's first row in the file (for error messages)
+    start: int
+    text_field: str
+
+    def read(self) -> list[str]:
+        table = _open_parquet(self.path, self.text_field).read_row_group(
+            self.row_group, columns=[self.text_field], use_threads=False
+        )
+        values = table.column(0).slice(self.start).to_pylist()
+        row = self.first_row + self.start
+        return [
+            _as_text(v, self.text_field, f"{self.path} row {row + i}") for i, v in enumerate(values)
+        ]
+
+
+def _column_bytes(group: Any, name: str) -> int:
+    """Uncompressed size of column `name` in a row group's metadata."""
+    columns = (group.column(j) for j in range(group.num_columns))
+    return sum(c.total_uncompressed_size for c in columns if c.path_in_schema == name)
+
+
+def _parquet_items(path: Path, text_field: str, skip: int) -> Iterator[str | ParquetPart]:
+    pf = _open_parquet(path, text_field)
+    meta, first = pf.metadata, 0
+    for rg in range(meta.num_row_groups):
+        group = meta.row_group(rg)
+        if skip >= group.num_rows:
+            skip -= group.num_rows
+        elif _column_bytes(group, text_field) <= PART_MAX_BYTES:
+            yield ParquetPart(path, rg, first, skip, text_field)
+            skip = 0
+        else:  # too big to hand to a worker whole: stream it from here
+            row = first
+            for batch in pf.iter_batches(
+                _PARQUET_BATCH_ROWS, row_groups=[rg], columns=[text_field], use_threads=False
+            ):
+                for value in batch.column(0).to_pylist():
+                    if skip:
+                        skip -= 1
+                    else:
+                        yield _as_text(value, text_field, f"{path} row {row}")
+                    row += 1
+        first += group.num_rows
 
 
 def _jsonl_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -122,6 +172,41 @@ def _read_txt(path: Path) -> str:
         raise ValueError(f"{path} is not UTF-8 text ({err})") from err
 
 
+def _local_items(files: list[Path], text_field: str, skip: int) -> Iterator[str | ParquetPart]:
+    for path in files:
+        kind = _suffix(path)
+        if kind == ".parquet":
+            rows = _open_parquet(path, text_field).metadata.num_rows
+            if skip < rows:  # resume: whole files are skipped from their metadata
+                yield from _parquet_items(path, text_field, skip)
+            skip = max(skip - rows, 0)
+        elif kind == ".txt":
+            if not skip:
+                yield _read_txt(path)
+            skip = max(skip - 1, 0)
+        else:
+            for line_no, line in _jsonl_lines(path):
+                if skip:  # resume: pass over records without parsing them
+                    skip -= 1
+                else:
+                    yield _parse_jsonl(line, text_field, f"{path} line {line_no}")
+
+
+def iter_local_parts(
+    files: list[Path], text_field: str = "text", skip: int = 0, batch_chars: int = 1 << 20
+) -> Iterator[list[str] | ParquetPart]:
+    """The documents of `files` in order, as work for tokenizer processes.
+
+    Args:
+        files: Output of `resolve_local_files`.
+        text_field: Parquet column / jsonl field holding the text.
+        skip: Number of leading documents to pass over (resume).
+        batch_chars: jsonl / txt documents are grouped into lists of about this many characters;
+            parquet row groups come as `ParquetPart`s that the worker reads itself.
+    """
+    return batch_documents(_local_items(files, text_field, skip), batch_chars)
+
+
 def iter_local_documents(
     files: list[Path], text_field: str = "text", skip: int = 0
 ) -> Iterator[str]:
@@ -130,33 +215,34 @@ def iter_local_documents(
     Args:
         files: Output of `resolve_local_files`.
         text_field: Parquet column / jsonl field holding the text.
-        skip: Number of leading documents to pass over (resume); whole parquet files are
-            skipped from their metadata without reading them.
+        skip: Number of leading documents to pass over (resume).
     """
-    for path in files:
-        kind = _suffix(path)
-        if kind == ".parquet":
-            if skip:
-                import pyarrow.parquet as pq
+    for item in _local_items(files, text_field, skip):
+        if isinstance(item, ParquetPart):
+            yield from item.read()
+        else:
+            yield item
 
-                rows = pq.ParquetFile(path).metadata.num_rows
-                if rows <= skip:
-                    skip -= rows
-                    continue
-            yield from _iter_parquet(path, text_field, skip)
-            skip = 0
+
+def batch_documents(
+    items: Iterable[str | ParquetPart], batch_chars: int
+) -> Iterator[list[str] | ParquetPart]:
+    """Group documents into lists of about `batch_chars` characters; parts pass through whole."""
+    batch, size = [], 0
+    for item in items:
+        if isinstance(item, ParquetPart):
+            if batch:
+                yield batch
+                batch, size = [], 0
+            yield item
             continue
-        if kind == ".txt":
-            if skip:
-                skip -= 1
-                continue
-            yield _read_txt(path)
-            continue
-        for line_no, line in _jsonl_lines(path):
-            if skip:  # resume: pass over records without parsing them
-                skip -= 1
-                continue
-            yield _parse_jsonl(line, text_field, f"{path} line {line_no}")
+        batch.append(item)
+        size += len(item)
+        if size >= batch_chars:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def iter_hub_documents(
