@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from torchgpt.data import prepare as prep
+from torchgpt.data import sources
 from torchgpt.data.shards import HEADER_BYTES, open_tokens, split_shards
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
 
@@ -172,6 +173,8 @@ def test_hub_code_path_streams_local_parquet_with_datasets(tmp_path, shared_dir,
         )
     )
     assert hub["source"]["kind"] == "hub" and local["shards"] == hub["shards"]
+    docs, _ = sources.open_hub_documents("parquet", data_files=[str(parquet)], skip=5)
+    assert list(docs) == list(sources.iter_local_documents([parquet]))[5:]  # resume skip
     assert _shard_bytes(tmp_path / "local") == _shard_bytes(tmp_path / "hub")
 
 

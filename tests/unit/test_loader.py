@@ -147,6 +147,9 @@ def test_fingerprint_or_seed_mismatch_is_refused_unless_allowed(data, tmp_path):
         fresh.load_state_dict(state)
     fresh.load_state_dict(state, allow_data_change=True)
     assert fresh.windows_consumed == 0  # data order restarts on the new data
+    (permissive,) = loaders(other, 1, 4, allow_data_change=True)  # as a checkpointer calls it
+    permissive.load_state_dict(state)
+    assert permissive.windows_consumed == 0
     (reseeded,) = loaders(data, 1, 4, seed=5)
     with pytest.raises(ValueError, match="seed 0 -> 5"):
         reseeded.load_state_dict(state)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -171,6 +172,8 @@ class TrainLoader:
         pin_memory: Pin batches for fast host-to-GPU copies.
         vocab_size: The model's vocabulary; the data's tokenizer must fit in it.
         tokenizer: Tokenizer name the model was built for (checked against the manifest).
+        allow_data_change: Default of `load_state_dict`'s override, so a checkpoint manager that
+            calls `load_state_dict(sd)` honours data.allow_data_change.
     """
 
     def __init__(
@@ -186,14 +189,13 @@ class TrainLoader:
         pin_memory: bool = False,
         vocab_size: int = VOCAB_SIZE,
         tokenizer: str = TOKENIZER_NAME,
+        allow_data_change: bool = False,
     ):
         _check_args(seq_len, micro_batch_size, dp_rank, dp_world_size)
+        self.allow_data_change = allow_data_change
         self.data_dir, self.seq_len, self.seed = str(data_dir), seq_len, seed
-        self.micro_batch_size, self.dp_rank, self.dp_world_size = (
-            micro_batch_size,
-            dp_rank,
-            dp_world_size,
-        )
+        self.micro_batch_size = micro_batch_size
+        self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
         paths, sizes, id_limit = _open_split(data_dir, "train", tokenizer, vocab_size)
         if max(sizes) < seq_len + 1:
@@ -237,14 +239,18 @@ class TrainLoader:
             dp_world_size=self.dp_world_size,
         )
         extra = {"prefetch_factor": 2, "persistent_workers": False} if self.num_workers else {}
-        loader = StatefulDataLoader(
-            self.dataset,
-            batch_sampler=sampler,
-            num_workers=self.num_workers,
-            collate_fn=_collate,
-            pin_memory=self.pin_memory,
-            **extra,
-        )
+        with warnings.catch_warnings():
+            # torchdata 0.11 calls the deprecated torch.set_vital on every construction: noise
+            # nobody can act on, repeated at each resume.
+            warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
+            loader = StatefulDataLoader(
+                self.dataset,
+                batch_sampler=sampler,
+                num_workers=self.num_workers,
+                collate_fn=_collate,
+                pin_memory=self.pin_memory,
+                **extra,
+            )
         return iter(loader)
 
     def __iter__(self) -> TrainLoader:
@@ -280,14 +286,14 @@ class TrainLoader:
         }
 
     def load_state_dict(
-        self, state_dict: dict[str, Any], *, allow_data_change: bool = False
+        self, state_dict: dict[str, Any], *, allow_data_change: bool | None = None
     ) -> None:
         """Continue from a saved position; the next batch is the one the saver would have got.
 
         Args:
             state_dict: From `state_dict`, possibly saved at another data-parallel world size.
             allow_data_change: Accept a different fingerprint, seq_len or seed; the data order
-                then restarts from window 0 of this data.
+                then restarts from window 0 of this data. None uses the constructor's value.
 
         Raises:
             ValueError: The state is malformed or describes other data (and no override).
@@ -301,7 +307,7 @@ class TrainLoader:
         if not changed:
             self._windows_consumed = int(state_dict["windows_consumed"])
             return
-        if not allow_data_change:
+        if not (self.allow_data_change if allow_data_change is None else allow_data_change):
             raise ValueError(
                 f"checkpointed data differs from {self.data_dir} ({'; '.join(changed)}); resuming "
                 f"would not continue the same token stream. Point data.dataset_path at the "

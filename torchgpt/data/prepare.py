@@ -28,10 +28,13 @@ import torchgpt
 from torchgpt.data import sources
 from torchgpt.data.progress import Progress
 from torchgpt.data.shards import (
+    HEADER_BYTES,
+    MAGIC,
     MANIFEST,
     MAX_SHARD_TOKENS,
     SPLITS,
     TOKEN_DTYPE,
+    VERSION,
     ShardWriter,
     write_json_atomic,
 )
@@ -243,22 +246,11 @@ class _Run:
         """Record progress so a killed run resumes here (partial shards made durable first)."""
         for writer in self.writers.values():
             writer.sync()
-        write_json_atomic(
-            self.out / STATE_FILE,
-            {
-                **self._counters(),
-                "next_doc": self.next_doc,
-                "splits": {s: w.state() for s, w in self.writers.items()},
-            },
-        )
-
-    def _counters(self) -> dict[str, Any]:
-        return {
-            "settings": self.settings,
-            "documents": self.documents,
-            "tokens": self.tokens,
-            "truncated_last_document": self.truncated,
-        }
+        state = {"settings": self.settings, "next_doc": self.next_doc}
+        state |= {"documents": self.documents, "tokens": self.tokens}
+        state["truncated_last_document"] = self.truncated
+        state["splits"] = {s: w.state() for s, w in self.writers.items()}
+        write_json_atomic(self.out / STATE_FILE, state)
 
     def finish(self) -> dict[str, Any]:
         """Complete the last shards, write manifest.json and drop the resume state."""
@@ -266,10 +258,9 @@ class _Run:
             writer.finish()
         manifest = {
             "format": {
-                "name": "torchgpt token shards",
-                "magic": 20240520,
-                "version": 1,
-                "header_bytes": 1024,
+                "magic": MAGIC,
+                "version": VERSION,
+                "header_bytes": HEADER_BYTES,
                 "dtype": "uint16",
             },
             **self.settings,
@@ -345,7 +336,7 @@ def _source_parts(
     if files is not None:
         parts = sources.iter_local_parts(files, cfg.text_field, skip, cfg.batch_chars)
         return parts, sources.count_local_documents(files)
-    docs = sources.iter_hub_documents(
+    docs, total = sources.open_hub_documents(
         cfg.hf_dataset,
         config=cfg.hf_config,
         split=cfg.hf_split,
@@ -353,7 +344,7 @@ def _source_parts(
         data_files=cfg.hf_data_files,
         skip=skip,
     )
-    return sources.batch_documents(docs, cfg.batch_chars), None
+    return sources.batch_documents(docs, cfg.batch_chars), total
 
 
 def prepare(cfg: PrepareConfig) -> dict[str, Any]:

@@ -245,7 +245,7 @@ def batch_documents(
         yield batch
 
 
-def iter_hub_documents(
+def open_hub_documents(
     dataset: str,
     *,
     config: str | None = None,
@@ -253,7 +253,7 @@ def iter_hub_documents(
     text_field: str = "text",
     data_files: list[str] | None = None,
     skip: int = 0,
-) -> Iterator[str]:
+) -> tuple[Iterator[str], int | None]:
     """Stream the documents of a `datasets` dataset (e.g. HuggingFaceFW/fineweb-edu) in order.
 
     Args:
@@ -263,6 +263,12 @@ def iter_hub_documents(
         text_field: Record field holding the text.
         data_files: Files for a builder name (used to run this path offline).
         skip: Number of leading records to pass over (resume).
+
+    Returns:
+        The documents, and the split's record count when the dataset's metadata states it.
+
+    Raises:
+        RuntimeError: The dataset cannot be opened (e.g. no network).
     """
     import datasets
 
@@ -275,7 +281,15 @@ def iter_hub_documents(
             f"cannot stream dataset {dataset!r} (config {config!r}, split {split!r}): {err}. "
             f"Without network access, prepare local files with --input instead"
         ) from err
-    records = ds.skip(skip) if skip else ds
+    info = (ds.info.splits or {}).get(split) if ds.info else None
+    return _hub_records(ds.skip(skip) if skip else ds, dataset, text_field, skip), (
+        info.num_examples if info and info.num_examples else None
+    )
+
+
+def _hub_records(
+    records: Iterable[dict], dataset: str, text_field: str, skip: int
+) -> Iterator[str]:
     for index, record in zip(itertools.count(skip), records):
         if text_field not in record:
             raise ValueError(
