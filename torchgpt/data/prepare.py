@@ -100,7 +100,7 @@ def _die_with_parent(parent_pid: int) -> None:
     # task pipe open themselves) would wait on it forever. Linux only: prctl(PR_SET_PDEATHSIG).
     try:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # not Linux
         return
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
