@@ -43,8 +43,10 @@ def test_writer_splits_into_full_shards_and_hides_partial_ones(tmp_path):
     completed = writer.write(np.arange(250, dtype=np.uint16))
     assert completed and [e["tokens"] for e in writer.shards] == [100, 100]
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        ".train_000002.bin.partial", "train_000000.bin", "train_000001.bin"
-    ]  # fmt: skip
+        ".train_000002.bin.partial",
+        "train_000000.bin",
+        "train_000001.bin",
+    ]
     writer.finish()
     assert [e["tokens"] for e in writer.shards] == [100, 100, 50]
     tokens = np.concatenate([shards.open_tokens(tmp_path / e["file"]) for e in writer.shards])
