@@ -8,11 +8,11 @@ cd "$(dirname "$0")/.."
 DATA_DIR=${DATA_DIR:-data/demo}
 RUN_NAME=${RUN_NAME:-demo}
 NGPU=${NGPU:-2}
-prep_args=(--out "$DATA_DIR" --max-tokens 4000000 --val-tokens 200000 --shard-tokens 1000000)
+prep_args=(--out "$DATA_DIR" --max-tokens 4000000 --val-tokens 200000 --shard-size 1000000)
 if [ -n "${TORCHGPT_SHARED_DIR:-}" ]; then
   export TORCHGPT_GPT2_BPE_DIR="$TORCHGPT_SHARED_DIR/tokenizers/gpt2"
   export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-  prep_args+=(--source "$TORCHGPT_SHARED_DIR/data/text/openstax")
+  prep_args+=(--input "$TORCHGPT_SHARED_DIR/data/text/openstax")
 fi
 
 echo "== 1/4 prepare data -> $DATA_DIR"

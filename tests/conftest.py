@@ -37,3 +37,34 @@ def _offline_tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     bpe = shared_path() / "tokenizers" / "gpt2"
     if bpe.exists():
         os.environ.setdefault("TORCHGPT_GPT2_BPE_DIR", str(bpe))
+
+
+@pytest.fixture(scope="session")
+def astro_shards(
+    shared_dir: Path, gpt2_bpe_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """Token shards of the shared astronomy textbook (~630K train tokens), built once per session."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("astro_shards")
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "tools" / "prepare_data.py"),
+            "--out",
+            str(out),
+            "--input",
+            str(shared_dir / "data" / "text" / "openstax_jsonl" / "astronomy.jsonl"),
+            "--val-tokens",
+            "40000",
+            "--workers",
+            "0",
+            "--no-progress",
+            "--tokenizer-dir",
+            str(gpt2_bpe_dir),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out

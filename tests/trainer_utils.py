@@ -1,0 +1,59 @@
+"""Run the real Trainer on a small config and read back its per-step metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch.distributed as dist
+
+from torchgpt.config_manager import load_config
+from torchgpt.train import Trainer
+
+# fp32, no compile, no AC, tiny debug model: every layout must give the same numbers.
+BASE = [
+    "--model.flavor",
+    "debug",
+    "--training.steps",
+    "10",
+    "--training.seq_len",
+    "64",
+    "--training.micro_batch_size",
+    "2",
+    "--training.global_batch_tokens",
+    "512",
+    "--training.mixed_precision",
+    "fp32",
+    "--training.max_norm",
+    "0.5",
+    "--optimizer.lr",
+    "3e-3",
+    "--lr_scheduler.warmup_steps",
+    "2",
+    "--activation_checkpoint.mode",
+    "none",
+    "--validation.enable",
+    "false",
+    "--checkpoint.enable",
+    "false",
+    "--metrics.log_freq",
+    "1",
+    "--metrics.enable_tensorboard",
+    "false",
+]
+
+
+def run_trainer(data_dir: str, dump_folder: str, overrides: list[str]) -> None:
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    args = BASE + ["--data.dataset_path", data_dir, "--job.dump_folder", dump_folder] + overrides
+    cfg = load_config(None, args, world_size=world)
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+
+
+def read_metrics(run_dir: Path, key: str = "loss") -> list[float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r[key] for r in records if key in r]

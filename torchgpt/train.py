@@ -1,0 +1,486 @@
+"""Trainer and entry point: the one module that sees the whole JobConfig.
+
+`python -m torchgpt.train CONFIG.toml [--section.key value ...]` (run_train.sh wraps it in
+torchrun). The Trainer builds model -> parallelize -> optimizer -> data -> checkpointer -> metrics,
+then runs gradient-accumulated steps with periodic validation, checkpoints and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.distributed.checkpoint.stateful import Stateful
+
+from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
+from torchgpt.config import ConfigError, JobConfig
+from torchgpt.config_manager import dump_config, help_text, load_config
+from torchgpt.data.loader import TrainLoader, build_val_batches
+from torchgpt.hardware import detect_peak_tflops
+from torchgpt.metrics import MetricsLogger, StepTimer, peak_memory_gib
+from torchgpt.model.args import flops_per_token, get_model_args, num_params
+from torchgpt.model.gpt import GPT
+from torchgpt.optim import build_lr_scheduler, build_optimizer
+from torchgpt.parallel.dims import ParallelDims, device_type
+from torchgpt.parallel.parallelize import parallelize_gpt
+
+logger = logging.getLogger("torchgpt")
+
+
+class NonFiniteLossError(RuntimeError):
+    pass
+
+
+class TrainState(Stateful):
+    """Counters that must survive a restart (the step, tokens seen, best validation loss)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss = math.inf
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": self.best_val_loss,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step = int(sd["step"])
+        self.tokens_seen = int(sd["tokens_seen"])
+        self.best_val_loss = float(sd["best_val_loss"])
+
+
+class Trainer:
+    def __init__(self, cfg: JobConfig):
+        self.cfg = cfg
+        self._setup_runtime()
+        self._build_model()
+        self._build_optimizer()
+        self._build_data()
+        self._build_checkpointer()
+        self._build_metrics()
+        self._preempt_requested = False
+
+    # ---- construction -------------------------------------------------------------------
+    def _setup_runtime(self) -> None:
+        cfg = self.cfg
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        self.rank = dist.get_rank() if dist.is_initialized() else 0
+        dtype = device_type()
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        self.device = torch.device(dtype, local_rank) if dtype == "cuda" else torch.device("cpu")
+        if dtype == "cuda":
+            torch.cuda.set_device(self.device)
+        self.dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
+        self.mesh = self.dims.build_mesh(dtype)
+        # Data-parallel rank: FSDP, HSDP and DDP all split the batch over every process.
+        self.dp_rank, self.dp_degree = self.rank, self.dims.dp_degree
+        self.grad_accum = cfg.grad_accum_steps(self.dp_degree)
+        self.run_dir = cfg.run_dir
+        if cfg.job.deterministic:
+            torch.use_deterministic_algorithms(True)
+        self.bf16 = cfg.training.mixed_precision == "bf16"
+        if self.rank == 0:
+            dump_config(cfg, self.run_dir / "config.json")
+        logger.info(
+            "torch %s, device %s, world size %d, dims %s",
+            torch.__version__,
+            self.device,
+            self.world_size,
+            self.dims,
+        )
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        self.model_args = get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm)
+        # Build on meta (no memory), materialize on CPU and init with the job seed *before*
+        # sharding: every layout (1 process, FSDP2, HSDP, DDP) starts from bit-identical weights.
+        # For a ~124M model the transient full copy per rank is 0.5 GB of host memory.
+        with torch.device("meta"):
+            model = GPT(self.model_args)
+        model.to_empty(device="cpu")
+        torch.manual_seed(cfg.job.seed)
+        model.init_weights(seed=cfg.job.seed)
+        self.model_plain = model
+        self.model = parallelize_gpt(
+            model,
+            self.dims,
+            self.mesh,
+            device=self.device,
+            ac_mode=cfg.activation_checkpoint.mode,
+            ac_selective_option=cfg.activation_checkpoint.selective_option,
+            compile_enable=cfg.compile.enable,
+            compile_whole_model=cfg.compile.whole_model,
+            param_dtype=torch.bfloat16 if self.bf16 else torch.float32,
+            reshard_after_forward=cfg.parallelism.fsdp_reshard_after_forward,
+        )
+        self.flops_per_token = flops_per_token(self.model_args, cfg.training.seq_len)
+        logger.info(
+            "model %s: %s parameters (%s without embeddings), %.3g training FLOPs/token",
+            cfg.model.flavor,
+            f"{num_params(self.model_args):,}",
+            f"{num_params(self.model_args, embeddings=False):,}",
+            self.flops_per_token,
+        )
+
+    def _build_optimizer(self) -> None:
+        o, s = self.cfg.optimizer, self.cfg.lr_scheduler
+        self.optimizer = build_optimizer(
+            self.model,
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            implementation=o.implementation,
+            device_type=self.device.type,
+        )
+        self.lr_scheduler = build_lr_scheduler(
+            self.optimizer,
+            warmup_steps=s.warmup_steps,
+            total_steps=self.cfg.training.steps,
+            decay_type=s.decay_type,
+            min_lr_ratio=s.min_lr_ratio,
+        )
+
+    def _build_data(self) -> None:
+        cfg, t = self.cfg, self.cfg.training
+        self.train_loader = TrainLoader(
+            cfg.data.dataset_path,
+            seq_len=t.seq_len,
+            micro_batch_size=t.micro_batch_size,
+            dp_rank=self.dp_rank,
+            dp_world_size=self.dp_degree,
+            seed=cfg.job.seed,
+            num_workers=cfg.data.num_workers,
+            pin_memory=self.device.type == "cuda",
+            vocab_size=self.model_args.vocab_size,
+        )
+        self.val_batches = []
+        if cfg.validation.enable:
+            self.val_batches = build_val_batches(
+                cfg.data.dataset_path,
+                seq_len=t.seq_len,
+                micro_batch_size=cfg.validation.micro_batch_size or t.micro_batch_size,
+                num_tokens=cfg.validation.tokens,
+                dp_rank=self.dp_rank,
+                dp_world_size=self.dp_degree,
+            )
+
+    def _build_checkpointer(self) -> None:
+        c = self.cfg.checkpoint
+        self.train_state = TrainState()
+        self.checkpointer = CheckpointManager(
+            self.run_dir,
+            states={
+                "model": ModelState(self.model),
+                "optimizer": OptimizerState(self.model, self.optimizer),
+                "lr_scheduler": self.lr_scheduler,
+                "dataloader": self.train_loader,
+                "train_state": self.train_state,
+                "rng": RNGState(),
+            },
+            interval=c.interval,
+            keep_latest_k=c.keep_latest_k,
+            async_mode=c.async_mode,
+            enabled=c.enable,
+            extra_metadata={"config": self.cfg.to_dict(), "model_args": asdict(self.model_args)},
+        )
+
+    def _build_metrics(self) -> None:
+        m = self.cfg.metrics
+        self.metrics = MetricsLogger(
+            self.run_dir,
+            rank=self.rank,
+            enable_tensorboard=m.enable_tensorboard,
+            enable_wandb=m.enable_wandb,
+            wandb_project=m.wandb_project,
+            run_name=self.cfg.job.name,
+            config=self.cfg.to_dict(),
+        )
+        self.peak_tflops = m.peak_tflops or detect_peak_tflops(self.device.type)
+        self.timer = StepTimer(self.device)
+
+    # ---- one optimizer step -------------------------------------------------------------
+    def _autocast(self):
+        # FSDP2 casts parameters itself (MixedPrecisionPolicy); elsewhere bf16 comes from autocast.
+        if self.bf16 and not self.dims.fsdp_enabled:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _grad_sync(self, enabled: bool):
+        """Reduce gradients only on the last micro-step of an accumulation window."""
+        if self.dims.fsdp_enabled:
+            self.model.set_requires_gradient_sync(enabled)
+            return contextlib.nullcontext()
+        if self.dims.ddp_enabled and not enabled:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torch.Tensor:
+        """Summed token cross-entropy in fp32 divided by the step's token count per rank.
+
+        Dividing by the same denominator on every micro-step (not a per-micro-batch mean) makes
+        accumulation exact; FSDP/DDP then average over ranks -> the mean over the global batch.
+        """
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        return loss / denom
+
+    def accumulate_gradients(self) -> torch.Tensor:
+        """Forward/backward over grad_accum micro-batches; returns this rank's summed loss.
+
+        Gradients are reduced across ranks only on the last micro-step.
+        """
+        t = self.cfg.training
+        denom = t.micro_batch_size * t.seq_len * self.grad_accum
+        loss_sum = torch.zeros((), device=self.device)
+        for micro in range(self.grad_accum):
+            self.timer.start()
+            inputs, targets = next(self.data_iter)
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            self.timer.lap("data")
+            with self._grad_sync(micro == self.grad_accum - 1):
+                with self._autocast():
+                    logits = self.model(inputs)
+                loss = self.loss_fn(logits, targets, denom)
+                loss.backward()
+            loss_sum += loss.detach()
+            self.timer.lap("forward_backward")
+        return loss_sum
+
+    def train_step(self) -> tuple[float, float]:
+        """One optimizer step: accumulate, clip, agree on loss/preemption, step. (loss, grad norm)."""
+        t = self.cfg.training
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = self.accumulate_gradients()
+        self.timer.start()
+        max_norm = t.max_norm if t.max_norm > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2: materialize the global norm
+            grad_norm = grad_norm.full_tensor()
+        # One small all-reduce carries the global loss and any rank's preemption request, so every
+        # rank agrees on both (a signal may reach the ranks during different steps).
+        stats = torch.stack(
+            [loss_sum, torch.tensor(float(self._preempt_requested), device=self.device)]
+        )
+        if dist.is_initialized():
+            dist.all_reduce(stats)
+        loss_val = stats[0].item() / self.world_size
+        self._preempt_requested = stats[1].item() > 0
+        gnorm = grad_norm.item()
+        if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+            step = self.train_state.step + 1
+            if self.cfg.training.on_nonfinite == "error":
+                raise NonFiniteLossError(
+                    f"non-finite loss {loss_val} / grad norm {gnorm} at step {step}; lower "
+                    "optimizer.lr, check the data, or set training.on_nonfinite=skip"
+                )
+            logger.warning("step %d: non-finite loss %s, skipping the update", step, loss_val)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.optimizer.step()
+        self.lr_scheduler.step()
+        self.timer.lap("optimizer")
+        return loss_val, gnorm
+
+    # ---- validation ---------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> float:
+        """Mean token cross-entropy over the fixed validation batches of all ranks."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for inputs, targets in self.val_batches:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with self._autocast():
+                logits = self.model(inputs)
+            total[0] += self.loss_fn(logits, targets, 1).double()
+            total[1] += targets.numel()
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+    # ---- the loop -----------------------------------------------------------------------
+    def _install_signal_handlers(self) -> None:
+        """First SIGTERM/SIGINT: finish the step, checkpoint, exit 0. Second: exit at once."""
+
+        def handler(signum, frame):
+            if self._preempt_requested:
+                logger.warning("second signal %d: exiting without a checkpoint", signum)
+                os._exit(128 + signum)
+            self._preempt_requested = True
+            logger.warning("signal %d: will checkpoint after the current step and exit", signum)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handler)
+
+    def _log_step(self, loss: float, gnorm: float, t_log: float, tokens_since: int) -> None:
+        st, elapsed = self.train_state, time.perf_counter() - t_log
+        phases = self.timer.pop()
+        tps = tokens_since / max(elapsed, 1e-9)
+        tps_dev = tps / self.world_size
+        record = {
+            "step": st.step,
+            "loss": loss,
+            "grad_norm": gnorm,
+            "lr": self.lr_scheduler.get_last_lr()[0],
+            "tokens_seen": st.tokens_seen,
+            "tokens_per_s": tps,
+            "tokens_per_s_per_device": tps_dev,
+            "tflops_per_device": tps_dev * self.flops_per_token / 1e12,
+            "step_time_s": elapsed / max(self._steps_since_log, 1),
+            "data_share": phases.get("data", 0.0) / max(elapsed, 1e-9),
+            "peak_memory_gib": peak_memory_gib(self.device),
+        }
+        for k, v in phases.items():
+            record[f"time_{k}_s"] = v / max(self._steps_since_log, 1)
+        mfu = ""
+        if self.peak_tflops:
+            record["mfu"] = record["tflops_per_device"] / self.peak_tflops
+            mfu = f"  mfu {100 * record['mfu']:.1f}%"
+        remaining = (self.cfg.training.steps - st.step) * record["step_time_s"]
+        self.metrics.log(
+            record,
+            console=(
+                f"step {st.step:>6}/{self.cfg.training.steps}  loss {loss:.4f}  "
+                f"gnorm {gnorm:.3f}  lr {record['lr']:.2e}  tok/s {tps:,.0f}{mfu}  "
+                f"mem {record['peak_memory_gib']:.2f}GiB  data {100 * record['data_share']:.0f}%  "
+                f"eta {remaining / 60:.1f}min"
+            ),
+        )
+
+    def _maybe_validate(self, step: int, last_step: int, force: bool = False) -> float | None:
+        v = self.cfg.validation
+        if not v.enable or not (force or step % v.interval == 0 or step == last_step):
+            return None
+        val_loss = self.validate()
+        self.metrics.log(
+            {
+                "step": step,
+                "val_loss": val_loss,
+                "val_ppl": math.exp(min(val_loss, 50.0)),
+                "tokens_seen": self.train_state.tokens_seen,
+            },
+            console=f"step {step:>6}  val_loss {val_loss:.4f}  val_ppl {math.exp(min(val_loss, 50)):.2f}",
+        )
+        self.train_state.best_val_loss = min(self.train_state.best_val_loss, val_loss)
+        return val_loss
+
+    def train(self) -> Path | None:
+        """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""
+        cfg, st = self.cfg, self.train_state
+        c = cfg.checkpoint
+        resumed = self.checkpointer.load(
+            resume=c.resume, load_step=c.load_step, load_path=c.load_path
+        )
+        if resumed is not None:
+            logger.info("resumed from step %d (%s tokens seen)", st.step, f"{st.tokens_seen:,}")
+        self.data_iter = iter(self.train_loader)
+        self._install_signal_handlers()
+        last_step = cfg.training.steps
+        tokens_per_step = cfg.training.global_batch_tokens
+        logger.info(
+            "training %d steps of %s tokens (%d micro-steps of %d x %d per rank, %d ranks)",
+            last_step - st.step,
+            f"{tokens_per_step:,}",
+            self.grad_accum,
+            cfg.training.micro_batch_size,
+            cfg.training.seq_len,
+            self.dp_degree,
+        )
+        ckpt_path = None
+        t_log, tokens_since, self._steps_since_log = time.perf_counter(), 0, 0
+        while st.step < last_step:
+            loss, gnorm = self.train_step()
+            st.step += 1
+            st.tokens_seen += tokens_per_step
+            tokens_since += tokens_per_step
+            self._steps_since_log += 1
+            if st.step % cfg.metrics.log_freq == 0 or st.step == last_step or st.step == 1:
+                self._log_step(loss, gnorm, t_log, tokens_since)
+                t_log, tokens_since, self._steps_since_log = time.perf_counter(), 0, 0
+            save_due = self.checkpointer.should_save(st.step, last_step=last_step)
+            # Every checkpoint carries its val loss, so "best" is chosen among saved steps.
+            val_loss = self._maybe_validate(st.step, last_step, force=save_due)
+            if save_due or self._preempt_requested:
+                ckpt_path = self.checkpointer.save(
+                    st.step, val_loss=val_loss, force=self._preempt_requested
+                )
+            if self._preempt_requested:
+                self.checkpointer.wait()
+                logger.info(
+                    "preempted: checkpoint of step %d saved to %s; exiting", st.step, ckpt_path
+                )
+                return ckpt_path
+        self.checkpointer.wait()
+        self._export_model()
+        return ckpt_path
+
+    def _export_model(self) -> None:
+        """Model-only export (plain state dict, args, config) in checkpoint.export_dtype."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from torchgpt.checkpoint import save_model_only
+
+        sd = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.rank == 0:
+            dtype = getattr(torch, self.cfg.checkpoint.export_dtype)
+            path = save_model_only(
+                sd, asdict(self.model_args), self.cfg.to_dict(), self.run_dir / "model.pt", dtype
+            )
+            logger.info("exported the final model to %s", path)
+
+    def close(self) -> None:
+        self.metrics.close()
+
+
+def _init_distributed() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device_type() == "cuda" else "gloo")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m torchgpt.train CONFIG.toml [--section.key value ...]\n")
+        print(help_text())
+        return 0 if argv else 2
+    toml_path, overrides = (None, argv) if argv[0].startswith("--") else (argv[0], argv[1:])
+    if "--help" in overrides or "-h" in overrides:
+        print(help_text())
+        return 0
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    try:
+        cfg = load_config(toml_path, overrides, world_size=world_size)
+    except ConfigError as e:
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    _init_distributed()
+    trainer = Trainer(cfg)
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
