@@ -1,0 +1,121 @@
+"""run_train.sh end to end under torchrun: the debug config on 2 processes, and the 100M recipe.
+
+These launch real torchrun jobs (gloo on CPU), so they are the slowest tests; configs are cut to
+a few steps with command-line overrides, exactly as a user would.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _run(args: list[str], env_extra: dict, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, **env_extra}
+    proc = subprocess.run(
+        [str(REPO / "run_train.sh"), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _records(run_dir: Path) -> list[dict]:
+    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_debug_config_two_processes(astro_shards, tmp_path):
+    proc = _run(
+        [
+            "train_configs/debug_model.toml",
+            "--data.dataset_path",
+            str(astro_shards),
+            "--job.dump_folder",
+            str(tmp_path),
+            "--training.steps",
+            "12",
+            "--checkpoint.interval",
+            "6",
+            "--validation.interval",
+            "6",
+            "--validation.tokens",
+            "8192",
+            "--metrics.log_freq",
+            "3",
+            "--metrics.enable_wandb",
+            "true",
+        ],
+        {"NGPU": "2", "WANDB_MODE": "offline"},
+    )
+    run_dir = tmp_path / "debug"
+    records = _records(run_dir)
+    train = [r for r in records if "loss" in r]
+    val = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in train] == [1, 3, 6, 9, 12]
+    assert train[-1]["loss"] < train[0]["loss"] - 1.0
+    for key in (
+        "grad_norm",
+        "lr",
+        "tokens_per_s",
+        "tokens_per_s_per_device",
+        "peak_memory_gib",
+        "data_share",
+        "time_forward_backward_s",
+        "tokens_seen",
+    ):
+        assert key in train[-1], key
+    assert train[-1]["tokens_seen"] == 12 * 8192
+    assert [r["step"] for r in val] == [6, 12]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
+    assert list((run_dir / "wandb").glob("offline-run-*")), "no W&B offline run"
+    assert sorted(p.name for p in (run_dir / "checkpoints").glob("step-*")) == ["step-12", "step-6"]
+    assert (run_dir / "model.pt").exists()
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["training"]["steps"] == 12 and cfg["model"]["flavor"] == "debug"
+    assert "step     12/12" in proc.stdout + proc.stderr
+
+
+def test_mini_gpt_100m_recipe_two_real_steps(astro_shards, tmp_path):
+    """The production config (gpt2-124m, bf16, compile, selective AC, FSDP2) for 2 steps.
+
+    Only batch geometry and warmup are cut (a 1-step warmup so the lr is not ~0 in 2 steps).
+    """
+    _run(
+        [
+            "train_configs/mini_gpt_100m.toml",
+            "--data.dataset_path",
+            str(astro_shards),
+            "--data.num_workers",
+            "0",
+            "--job.dump_folder",
+            str(tmp_path),
+            "--training.steps",
+            "3",
+            "--training.seq_len",
+            "256",
+            "--training.micro_batch_size",
+            "1",
+            "--training.global_batch_tokens",
+            "1024",
+            "--lr_scheduler.warmup_steps",
+            "1",
+            "--validation.enable",
+            "false",
+            "--checkpoint.enable",
+            "false",
+            "--metrics.log_freq",
+            "1",
+        ],
+        {"NGPU": "2"},
+        timeout=900,
+    )
+    losses = [r["loss"] for r in _records(tmp_path / "mini_gpt_100m") if "loss" in r]
+    assert len(losses) == 3 and losses[2] < losses[0]
