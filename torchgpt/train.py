@@ -166,6 +166,7 @@ class Trainer:
             num_workers=cfg.data.num_workers,
             pin_memory=self.device.type == "cuda",
             vocab_size=self.model_args.vocab_size,
+            allow_data_change=cfg.data.allow_data_change,
         )
         self.val_batches = []
         if cfg.validation.enable:
