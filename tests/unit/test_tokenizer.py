@@ -22,6 +22,7 @@ def fresh_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(tok.BPE_DIR_ENV, raising=False)
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    monkeypatch.setattr(tok, "_ENCODING", None)
     return tmp_path / "cache"
 
 
@@ -33,16 +34,37 @@ def test_hello_world_offline_from_local_files(gpt2_bpe_dir, fresh_cache, monkeyp
     enc = tok.get_tokenizer(gpt2_bpe_dir)
     assert enc.encode_ordinary("Hello world") == [15496, 995]
     assert enc.eot_token == tok.EOT_ID == 50256 and enc.n_vocab == tok.VOCAB_SIZE
-    # The cache now holds both files under tiktoken's names (sha1 of the download URL).
+    # The cache now holds both files under tiktoken's names (sha1 of the download URL), and
+    # torchgpt's faster-loading copy of the rank table.
     names = {p.name for p in fresh_cache.iterdir()}
     url = "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe"
-    assert hashlib.sha1(url.encode()).hexdigest() in names and len(names) == 2
+    assert hashlib.sha1(url.encode()).hexdigest() in names
+    assert len(names) == 3 and tok._RANKS_FILE in names
 
 
 def test_env_var_names_the_bpe_folder(gpt2_bpe_dir, fresh_cache, monkeypatch):
     monkeypatch.setenv(tok.BPE_DIR_ENV, str(gpt2_bpe_dir))
     assert tok.get_tokenizer().encode_ordinary("Hello world") == [15496, 995]
-    assert len(list(fresh_cache.iterdir())) == 2
+    assert len(list(fresh_cache.iterdir())) == 3
+
+
+def test_cached_rank_table_loads_the_same_encoding(gpt2_bpe_dir, fresh_cache, monkeypatch):
+    official = tok.get_tokenizer(gpt2_bpe_dir)  # tiktoken's own loader; writes the rank table
+    assert official is tiktoken.get_encoding("gpt2")
+    monkeypatch.setattr(tok, "_ENCODING", None)
+    monkeypatch.setattr(tiktoken.load, "read_file", None)  # any use of tiktoken's loader fails
+    fast = tok.get_tokenizer()
+    assert fast is not official and fast._mergeable_ranks == official._mergeable_ranks
+    assert fast._pat_str == official._pat_str and fast._special_tokens == official._special_tokens
+    text = "Hello world <|endoftext|> caf\u00e9\n\n  x"
+    assert fast.encode_ordinary(text) == official.encode_ordinary(text)
+    # A damaged table is ignored (tiktoken's loader is used again, and rewrites it).
+    table = fresh_cache / tok._RANKS_FILE
+    table.write_bytes(b"AAA= 0\n")
+    monkeypatch.setattr(tok, "_ENCODING", None)
+    monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
+    assert tok.get_tokenizer() is tiktoken.get_encoding("gpt2")
+    assert hashlib.sha256(table.read_bytes()).hexdigest() == tok._RANKS_SHA256
 
 
 def test_file_with_wrong_hash_is_refused(gpt2_bpe_dir, fresh_cache, tmp_path):
