@@ -1,0 +1,118 @@
+"""Per-checkpoint evaluation results on disk: RUN_DIR/eval/step-N.json, plus versions and hardware.
+
+One JSON per checkpoint holds everything the report shows (step, tokens seen, val loss, task
+scores, samples, limit, versions), so `tools/report.py` never recomputes a number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+EVAL_DIR_NAME = "eval"
+SCHEMA_VERSION = 1
+_STEP_JSON_RE = re.compile(r"^step-(\d+)\.json$")
+
+
+def eval_json_path(out_dir: str | Path, step: int | None, name: str | None = None) -> Path:
+    """RUN_DIR/eval/step-N.json (or NAME.json for a checkpoint with no known step)."""
+    if step is None and not name:
+        raise ValueError("an eval result needs a step or a name")
+    stem = f"step-{step}" if step is not None else name
+    return Path(out_dir) / f"{stem}.json"
+
+
+def _git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment_info() -> dict[str, Any]:
+    """Library versions and the machine the evaluation ran on."""
+    import torch
+
+    versions: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("lm_eval", "transformers", "tiktoken", "torchgpt"):
+        module = sys.modules.get(name)
+        if module is None:
+            try:
+                module = __import__(name)
+            except ImportError:
+                continue
+        versions[name] = getattr(module, "__version__", None)
+    versions["git_commit"] = _git_commit()
+    hardware = {
+        "cpu": _cpu_name(),
+        "num_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "platform": platform.platform(),
+    }
+    return {"versions": versions, "hardware": hardware}
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_eval_json(path: Path, record: dict[str, Any]) -> Path:
+    """Write one result atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=False, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_eval_records(eval_dir: str | Path) -> list[dict[str, Any]]:
+    """Every step-N.json of `eval_dir`, ascending step.
+
+    Raises:
+        ValueError: a result file is not valid JSON or has no step (names the file).
+    """
+    eval_dir = Path(eval_dir)
+    records = []
+    if not eval_dir.is_dir():
+        return records
+    for path in eval_dir.iterdir():
+        if not _STEP_JSON_RE.match(path.name):
+            continue
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); re-run tools/eval.py on it") from e
+        if not isinstance(record.get("step"), int):
+            raise ValueError(f"{path} has no integer 'step'; re-run tools/eval.py on it")
+        record["_path"] = str(path)
+        records.append(record)
+    return sorted(records, key=lambda r: r["step"])
