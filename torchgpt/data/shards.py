@@ -7,6 +7,7 @@ the header slots llm.c leaves zero name the tokenizer, its vocabulary and its en
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -101,9 +102,11 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     return header
 
 
-def open_tokens(path: str | os.PathLike) -> np.memmap:
+def open_tokens(path: str | os.PathLike) -> np.ndarray:
     """Memory-map the tokens of shard `path` (read-only; nothing is read until sliced)."""
     header = read_header(path)
+    if header.num_tokens == 0:  # mmap cannot map zero bytes
+        return np.zeros(0, dtype=TOKEN_DTYPE)
     return np.memmap(
         path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,)
     )
@@ -163,35 +166,23 @@ class PartialShard:
     def finish(self) -> dict[str, Any]:
         """Write the header, rename to the final name and return the manifest entry."""
         assert self._file is not None
-        header = ShardHeader(
-            self.num_tokens,
-            *[getattr(self.header, k) for k in ("tokenizer", "vocab_size", "eot_id")],
-        )
+        header = dataclasses.replace(self.header, num_tokens=self.num_tokens)
         self._file.seek(0)
         self._file.write(encode_header(header))
         self._file.flush()
         os.fsync(self._file.fileno())
         self._file.close()
         self._file = None
-        tokens = (
-            np.memmap(
-                self.tmp_path,
-                dtype=TOKEN_DTYPE,
-                mode="r",
-                offset=HEADER_BYTES,
-                shape=(self.num_tokens,),
-            )
-            if self.num_tokens
-            else np.zeros(0)
-        )
-        documents = int(np.count_nonzero(tokens == header.eot_id))
-        del tokens
+        documents = 0  # documents starting in this shard = its end-of-text tokens
+        if self.num_tokens:
+            tokens = np.memmap(self.tmp_path, TOKEN_DTYPE, "r", HEADER_BYTES, (self.num_tokens,))
+            documents = int(np.count_nonzero(tokens == header.eot_id))
+            del tokens
         sha = file_sha256(self.tmp_path)
         os.replace(self.tmp_path, self.path)
-        split = self.path.name.split("_")[0]
         return {
             "file": self.path.name,
-            "split": split,
+            "split": self.path.name.split("_")[0],
             "tokens": self.num_tokens,
             "documents": documents,
             "sha256": sha,
