@@ -41,6 +41,17 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of (B, T, V) logits against (B, T) targets."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+
+
+# Compiled, the fp32 upcast, log-softmax and NLL (and their backward) fuse into two passes over
+# the bf16 logits instead of ~10 eager passes over an fp32 (B*T, V) copy: with a 50K vocab
+# these dominated the non-matmul time of a step (bench/train_throughput.py).
+_compiled_cross_entropy_sum = torch.compile(token_cross_entropy_sum)
+
+
 class TrainState(Stateful):
     """Counters that must survive a restart (the step, tokens seen, best validation loss)."""
 
@@ -235,8 +246,8 @@ class Trainer:
         Dividing by the same denominator on every micro-step (not a per-micro-batch mean) makes
         accumulation exact; FSDP/DDP then average over ranks -> the mean over the global batch.
         """
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        return loss / denom
+        ce = _compiled_cross_entropy_sum if self.cfg.compile.enable else token_cross_entropy_sum
+        return ce(logits, targets) / denom
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward/backward over grad_accum micro-batches; returns this rank's summed loss.
@@ -379,6 +390,43 @@ class Trainer:
         self.train_state.best_val_loss = min(self.train_state.best_val_loss, val_loss)
         return val_loss
 
+    def _maybe_harness_eval(self, step: int, last_step: int) -> None:
+        """Harness tasks on a fixed `eval.limit` subset, scored on rank 0 with a plain GPT.
+
+        The full weights are gathered (a collective every rank joins), rank 0 rebuilds an
+        unwrapped, uncompiled model from them and scores it; the other ranks wait at a barrier.
+        """
+        e = self.cfg.eval
+        if not e.enable or not (step % e.interval == 0 or step == last_step):
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        from torchgpt.eval import run_harness_eval
+        from torchgpt.eval.loading import build_model_from_state_dict
+
+        sd = get_model_state_dict(
+            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.rank == 0:
+            model = build_model_from_state_dict(asdict(self.model_args), sd, self.run_dir)
+            t0 = time.perf_counter()
+            result = run_harness_eval(
+                model, tasks=e.tasks, limit=e.limit, data_dir=e.data_dir or None
+            )
+            record = {"step": step, "tokens_seen": self.train_state.tokens_seen}
+            for task, scores in result["tasks"].items():
+                for metric in ("acc", "acc_norm"):
+                    if scores.get(metric) is not None:
+                        record[f"eval/{task}/{metric}"] = scores[metric]
+            self.metrics.log(
+                record,
+                console=f"step {step:>6}  harness (limit {e.limit}, "
+                f"{time.perf_counter() - t0:.0f}s): "
+                + "  ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/")),
+            )
+        if dist.is_initialized():
+            dist.barrier()
+
     def train(self) -> Path | None:
         """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""
         cfg, st = self.cfg, self.train_state
@@ -415,6 +463,7 @@ class Trainer:
             save_due = self.checkpointer.should_save(st.step, last_step=last_step)
             # Every checkpoint carries its val loss, so "best" is chosen among saved steps.
             val_loss = self._maybe_validate(st.step, last_step, force=save_due)
+            self._maybe_harness_eval(st.step, last_step)
             if save_due or self._preempt_requested:
                 ckpt_path = self.checkpointer.save(
                     st.step, val_loss=val_loss, force=self._preempt_requested

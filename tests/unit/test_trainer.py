@@ -1,5 +1,6 @@
 """Single-process Trainer properties: accumulation == big batch, AC modes equal, compile ~= eager."""
 
+import json
 import math
 
 import pytest
@@ -124,3 +125,41 @@ def test_nonfinite_loss_can_skip_the_step(astro_shards, tmp_path):
     assert math.isnan(losses[1]) and math.isfinite(losses[0]) and math.isfinite(losses[2])
     # The skipped step left the weights finite, so training carried on.
     assert all(torch.isfinite(p).all() for p in trainer.model_plain.parameters())
+
+
+def test_in_training_harness_eval_is_logged(astro_shards, shared_dir, tmp_path):
+    run_trainer(
+        str(astro_shards),
+        str(tmp_path),
+        [
+            "--training.steps",
+            "2",
+            "--eval.enable",
+            "true",
+            "--eval.interval",
+            "2",
+            "--eval.tasks",
+            "piqa,arc_easy",
+            "--eval.limit",
+            "8",
+            "--eval.data_dir",
+            str(shared_dir / "data" / "eval"),
+        ],
+    )
+    records = [
+        r
+        for r in map(json.loads, (tmp_path / "torchgpt" / "metrics.jsonl").open())
+        if "eval/piqa/acc" in r
+    ]
+    assert len(records) == 1 and records[0]["step"] == 2
+    for key in (
+        "eval/piqa/acc",
+        "eval/piqa/acc_norm",
+        "eval/arc_easy/acc",
+        "eval/arc_easy/acc_norm",
+    ):
+        assert 0.0 <= records[0][key] <= 1.0
+    # 8 items: every accuracy is a multiple of 1/8.
+    assert (records[0]["eval/piqa/acc"] * 8) == pytest.approx(
+        round(records[0]["eval/piqa/acc"] * 8)
+    )

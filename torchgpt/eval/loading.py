@@ -107,7 +107,10 @@ def _resolve_run_dir(run_dir: Path, which: Which) -> Path:
     return ckpts[-1][1]
 
 
-def _build(model_args: dict, state_dict: dict[str, torch.Tensor], source: Path) -> GPT:
+def build_model_from_state_dict(
+    model_args: dict, state_dict: dict[str, torch.Tensor], source: Path
+) -> GPT:
+    """A plain fp32 CPU GPT from ModelArgs fields and a full state dict; ValueError names `source`."""
     fields = {f.name for f in dataclasses.fields(ModelArgs)}
     unknown = sorted(set(model_args) - fields)
     if unknown:
@@ -199,7 +202,7 @@ def load_model(path: str | Path, which: Which = "latest") -> tuple[GPT, dict[str
         meta["kind"] = "export"
         if not meta["model_args"]:
             raise ValueError(f"{path} holds no model_args; re-export it with save_model_only")
-    model = _build(meta["model_args"], state, path)
+    model = build_model_from_state_dict(meta["model_args"], state, path)
     meta.update(source=str(path), run_dir=str(run_dir) if run_dir else None)
     meta["tokens_seen"] = tokens_seen_at(run_dir, meta["step"], meta["config"])
     logger.info("loaded %s (%s, step %s)", path, meta["kind"], meta["step"])
