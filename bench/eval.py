@@ -30,20 +30,10 @@ from lm_eval.evaluator import simple_evaluate  # noqa: E402
 from lm_eval.models.huggingface import HFLM  # noqa: E402
 
 from torchgpt.eval.harness import TorchGPTLM  # noqa: E402
+from torchgpt.eval.hf_export import export_for_hf_backend  # noqa: E402
 from torchgpt.eval.loading import load_model  # noqa: E402
 from torchgpt.eval.tasks import build_task_manager, load_tasks  # noqa: E402
 from torchgpt.model import GPT, get_model_args  # noqa: E402
-from torchgpt.model.hf import export_hf  # noqa: E402
-
-
-def export_with_tokenizer(model: GPT, out: Path) -> Path:
-    from transformers import GPT2TokenizerFast
-
-    bpe = Path(os.environ["TORCHGPT_GPT2_BPE_DIR"])
-    export_hf(model, out)
-    tok = GPT2TokenizerFast(vocab=str(bpe / "encoder.json"), merges=str(bpe / "vocab.bpe"))
-    tok.save_pretrained(out)
-    return out
 
 
 def timed_run(lm, tasks: list[str], data_dir: Path, limit: int, work: Path) -> tuple[float, int]:
@@ -79,7 +69,7 @@ def main() -> int:
     model.eval()
     tasks = args.tasks.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        export = export_with_tokenizer(model, Path(tmp) / "hf")
+        export = export_for_hf_backend(model, Path(tmp) / "hf")
         backends = {
             "hf": HFLM(
                 pretrained=str(export), device="cpu", dtype="float32", batch_size=args.batch_size

@@ -213,20 +213,6 @@ def test_eval_all_checkpoints_then_report(run, shared_dir, capsys):
         assert (np.abs(pixels - rgb).sum(-1) < 30).sum() > 50
 
 
-def _export_with_tokenizer(model: GPT, out: Path, bpe_dir: Path) -> Path:
-    """export_hf + the GPT-2 tokenizer built from the shared BPE files, so `hf` loads offline."""
-    from transformers import GPT2TokenizerFast
-
-    from torchgpt.model.hf import export_hf
-
-    export_hf(model, out)
-    # transformers 5.x: vocab=/merges= (vocab_file=/merges_file= silently give an empty vocab).
-    tok = GPT2TokenizerFast(vocab=str(bpe_dir / "encoder.json"), merges=str(bpe_dir / "vocab.bpe"))
-    assert tok("Hello world")["input_ids"] == [15496, 995]
-    tok.save_pretrained(out)
-    return out
-
-
 def _harness_run(lm, tasks: list[str], data_dir: Path, limit: int, yaml_dir: Path) -> dict:
     from lm_eval.evaluator import simple_evaluate
 
@@ -244,9 +230,10 @@ def test_adapter_matches_the_harness_hf_backend(run, tmp_path, shared_dir, gpt2_
     from lm_eval.models.huggingface import HFLM
 
     from torchgpt.eval.harness import TorchGPTLM
+    from torchgpt.eval.hf_export import export_for_hf_backend
 
     model = run["model"].eval()
-    export = _export_with_tokenizer(model, tmp_path / "hf", gpt2_bpe_dir)
+    export = export_for_hf_backend(model, tmp_path / "hf", gpt2_bpe_dir)
     hf = HFLM(pretrained=str(export), device="cpu", dtype="float32", batch_size=16)
     ours = TorchGPTLM(model, batch_size=16)
     eval_dir, limit = shared_dir / "data" / "eval", 25

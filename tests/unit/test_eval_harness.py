@@ -127,3 +127,21 @@ def test_run_harness_eval_leaves_rng_and_mode_untouched(model, shared_dir, monke
     piqa = out["tasks"]["piqa"]
     assert piqa["num_samples"] == 4 and piqa["acc"] in (0.0, 0.25, 0.5, 0.75, 1.0)
     assert out["limit"] == 4 and out["data_dir"].endswith("eval") and os.environ["HF_HUB_OFFLINE"]
+
+
+def test_registered_as_torchgpt_and_built_from_an_arg_string(model, tmp_path):
+    from dataclasses import asdict
+
+    from lm_eval.api.registry import get_model
+
+    from torchgpt.checkpoint import save_model_only
+
+    path = save_model_only(model.state_dict(), asdict(model.args), {}, tmp_path / "m.pt")
+    cls = get_model("torchgpt")
+    assert cls is TorchGPTLM
+    lm = cls.create_from_arg_string(f"pretrained={path},batch_size=3", {"device": "cpu"})
+    reqs = make_requests(model)[:3]
+    assert lm.batch_size == 3 and lm.max_length == CTX
+    assert lm._loglikelihood_tokens(reqs) == TorchGPTLM(model)._loglikelihood_tokens(reqs)
+    with pytest.raises(ValueError, match="'auto' is not supported"):
+        TorchGPTLM(model, batch_size="auto")

@@ -103,6 +103,10 @@ class TorchGPTLM(TemplateLM):
         self._device = next(self.model.parameters()).device
         self.enc = get_tokenizer()
         check_vocab(self.model, self.enc.n_vocab, str(pretrained) if pretrained else "the model")
+        if not str(batch_size).isdigit() or int(batch_size) < 1:
+            raise ValueError(
+                f"batch_size={batch_size!r}: pass a positive integer ('auto' is not supported)"
+            )
         self._batch_size = int(batch_size)
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={dtype!r} must be 'float32' or 'bfloat16'")
