@@ -70,7 +70,7 @@ def test_debug_config_two_processes(astro_shards, tmp_path):
         "tokens_seen",
     ):
         assert key in train[-1], key
-    assert train[-1]["tokens_seen"] == 12 * 8192
+    assert train[-1]["tokens_seen"] == 12 * 4096
     assert [r["step"] for r in val] == [6, 12]
     assert list((run_dir / "tb").glob("events.out.tfevents.*")), "no TensorBoard events"
     assert list((run_dir / "wandb").glob("offline-run-*")), "no W&B offline run"
