@@ -1,8 +1,9 @@
 """Model-only files: a single torch.save export of the full weights, and DCP -> plain tensors.
 
-`save_model_only` / `load_model_only` write and read {"model", "model_args", "config"} in one
-file (written to a temporary name, then renamed); `load_full_model_state_dict` reads the model
-entries of a DCP checkpoint folder into full tensors with no process group (tools/dcp_to_torch).
+`save_model_only` / `load_model_only` write and read {"model", "model_args", "config"} (and
+optionally "step", "val_loss") in one file, written to a temporary name and then renamed;
+`load_full_model_state_dict` reads the model entries of a DCP checkpoint folder into full
+tensors with no process group (tools/dcp_to_torch).
 """
 
 from __future__ import annotations
@@ -44,11 +45,16 @@ def save_model_only(
     config: dict | None,
     path: str | Path,
     dtype: torch.dtype | None = None,
+    *,
+    step: int | None = None,
+    val_loss: float | None = None,
 ) -> Path:
-    """Write one torch.save file {"model", "model_args", "config"}; no collectives.
+    """Write one torch.save file {"model", "model_args", "config"[, "step", "val_loss"]}.
 
-    Call it on one rank (rank 0) with a full (unsharded) state dict. Floating-point tensors are
-    cast to `dtype` when given. The file appears only once fully written.
+    Call it on one rank (rank 0) with a full (unsharded) state dict; no collectives.
+    Floating-point tensors are cast to `dtype` when given. Tensors shared in the input stay
+    shared, and a tied lm-head (model_args tie_embeddings, equal to the token embedding) is
+    stored once. The file appears only once fully written.
 
     Args:
         model_state_dict_full: plain parameter/buffer tensors keyed by FQN.
@@ -56,20 +62,31 @@ def save_model_only(
         config: the resolved config as a dict (None allowed).
         path: destination file.
         dtype: e.g. torch.bfloat16 to halve the file; None keeps each tensor's dtype.
+        step: the training step the weights are from, when known.
+        val_loss: their validation loss, when known.
 
     Returns:
         The path written.
     """
     path = Path(path)
-    weights = {}
+    model_args = _plain(model_args)
+    weights: dict[str, torch.Tensor] = {}
+    converted: dict[int, torch.Tensor] = {}  # id(input tensor) -> output: keeps sharing
     for key, tensor in model_state_dict_full.items():
         if not isinstance(tensor, torch.Tensor):
             raise ValueError(f"save_model_only: {key!r} is a {type(tensor).__name__}, not a tensor")
-        tensor = tensor.detach().cpu()
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(dtype)
-        weights[key] = tensor
-    payload = {"model": weights, "model_args": _plain(model_args), "config": _plain(config)}
+        if id(tensor) not in converted:
+            out = tensor.detach().cpu()
+            if dtype is not None and out.is_floating_point():
+                out = out.to(dtype)
+            converted[id(tensor)] = out
+        weights[key] = converted[id(tensor)]
+    _share_tied_head(weights, model_args)
+    payload = {"model": weights, "model_args": model_args, "config": _plain(config)}
+    if step is not None:
+        payload["step"] = int(step)
+    if val_loss is not None:
+        payload["val_loss"] = float(val_loss)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
@@ -82,6 +99,19 @@ def save_model_only(
         tmp.unlink(missing_ok=True)
     layout.fsync_dir(path.parent)
     return path
+
+
+def _share_tied_head(weights: dict[str, torch.Tensor], model_args: Any) -> None:
+    """Store a tied lm-head once: point output.weight at the equal token embedding (in place).
+
+    A full state dict gathered from a sharded model holds two copies of a tied matrix; torch.save
+    writes shared tensors once, which halves the file of a small-vocab-dominated model.
+    """
+    if not (isinstance(model_args, dict) and model_args.get("tie_embeddings")):
+        return
+    emb, head = weights.get("tok_embeddings.weight"), weights.get("output.weight")
+    if emb is not None and head is not None and emb is not head and torch.equal(emb, head):
+        weights["output.weight"] = emb
 
 
 def export_model(
@@ -106,8 +136,12 @@ def export_model(
     return Path(path)
 
 
-def load_model_only(path: str | Path) -> dict[str, Any]:
-    """Read a `save_model_only` file: {"model": state dict, "model_args": dict, "config": dict}."""
+def load_model_only(path: str | Path, mmap: bool = False) -> dict[str, Any]:
+    """Read a `save_model_only` file: {"model": state dict, "model_args": dict, "config": dict}
+    plus "step" / "val_loss" when they were recorded (dcp_to_torch records both).
+
+    `mmap=True` maps the tensors instead of reading them: cheap when only the metadata is needed.
+    """
     path = Path(path)
     if path.is_dir():
         raise ValueError(
@@ -116,7 +150,7 @@ def load_model_only(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"model export {path} does not exist; check the path (RUN_DIR/model.pt)")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:
         raise ValueError(f"model export {path} is unreadable ({type(e).__name__}: {e})") from e
     if not isinstance(payload, dict) or any(k not in payload for k in _EXPORT_KEYS):

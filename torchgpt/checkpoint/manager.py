@@ -3,13 +3,20 @@
 Every rank writes its shards with DCP into `step-N.tmp/`; rank 0 then writes the info file and
 the COMPLETE marker and renames the folder to `step-N/`, so a crash or a full disk at any moment
 leaves the previous checkpoints untouched and the unfinished one ignored.
+
+The storage writer is DCP's FileSystemWriter unless $TORCHGPT_CHECKPOINT_WRITER names another
+("package.module:factory", called with the folder path): a hook for custom storage backends,
+and what the fault-injection tests use to stop a real save half-way.
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 import shutil
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -18,7 +25,7 @@ from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint import FileSystemWriter, StorageWriter
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchgpt.checkpoint import layout
@@ -31,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 _ASYNC_MODES = ("disabled", "async")
 _RESUME_MODES = ("auto", "none")
+WRITER_ENV = "TORCHGPT_CHECKPOINT_WRITER"
 
 
 class CheckpointSaveError(RuntimeError):
@@ -90,6 +98,7 @@ class CheckpointManager:
             name: s if isinstance(s, (ModelState, OptimizerState, RNGState)) else PickledState(s)
             for name, s in states.items()
         }
+        self._writer_factory = _writer_factory()
         self._comm = Comm()
         self._resumer = Resumer(self.ckpt_dir, self._states, self._comm)
         self._executor = ThreadPoolExecutor(1, "ckpt-finish") if async_mode == "async" else None
@@ -183,7 +192,7 @@ class CheckpointManager:
             with quiet_no_dist():
                 dcp.save(
                     self._state_dict_for_save(),
-                    storage_writer=FileSystemWriter(str(tmp)),
+                    storage_writer=self._writer_factory(str(tmp)),
                     process_group=self._comm.group,
                     no_dist=not self._comm.is_dist,
                 )
@@ -198,7 +207,7 @@ class CheckpointManager:
             # Returns once the state is copied to CPU memory ("staging"); the write runs on.
             upload = dcp.async_save(
                 self._state_dict_for_save(),
-                storage_writer=FileSystemWriter(str(tmp)),
+                storage_writer=self._writer_factory(str(tmp)),
                 process_group=self._comm.group,
                 no_dist=not self._comm.is_dist,
             )
@@ -325,6 +334,23 @@ class CheckpointManager:
                 step,
                 ", ".join(newer),
             )
+
+
+def _writer_factory() -> Callable[[str], StorageWriter]:
+    """FileSystemWriter, or the factory that $TORCHGPT_CHECKPOINT_WRITER names (module:attr)."""
+    spec = os.environ.get(WRITER_ENV, "")
+    if not spec:
+        return FileSystemWriter
+    module_name, _, attr = spec.partition(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ValueError(
+            f"{WRITER_ENV}={spec!r} does not name an importable factory ({e}); set it to "
+            "'package.module:callable' taking the checkpoint folder, or unset it"
+        ) from e
+    logger.info("checkpoint storage writer: %s (from %s)", spec, WRITER_ENV)
+    return factory
 
 
 def _validate_args(states: dict, interval: int, keep_latest_k: int, async_mode: str) -> None:
