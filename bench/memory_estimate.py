@@ -1,0 +1,125 @@
+#!/usr/bin/env python
+"""Accuracy of the memory estimates against real training steps on this CPU, and the 100M table.
+
+  python bench/memory_estimate.py                 # both tables (~15-25 min on 2 cores)
+  python bench/memory_estimate.py --only cpu      # estimate vs real step only
+  python bench/memory_estimate.py --only gpu      # mini_gpt_100m on 1xH100, 4xA100-80G, 2xRTX4090
+  python bench/memory_estimate.py --with-tracker  # also MemTracker on the real tensors
+
+CPU table: for the debug config and the bench config (bench-30m flavor, seq 512, micro-batch
+8, global batch 16,384 tokens) at 1 and 2 processes and AC none / selective / full, the
+analytic and traced per-rank peaks against the real peak of a real step, measured as
+documented in estimation/realstep.py (exact resident tensor bytes + peak-RSS growth during the
+step, glibc set to unmap freed memory). Real steps run FSDP2 over gloo at 2 processes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from estimation.memory import analytic_memory  # noqa: E402
+from estimation.plan import TrainingPlan  # noqa: E402
+from estimation.realstep import measure_real_peak  # noqa: E402
+from estimation.report import build_estimate  # noqa: E402
+from estimation.trace import trace_memory  # noqa: E402
+from torchgpt.config_manager import load_config  # noqa: E402
+
+MIB, GIB = 2**20, 2**30
+DEBUG = ("debug", "train_configs/debug_model.toml", [])
+BENCH = (
+    "bench",
+    "train_configs/debug_model.toml",
+    [
+        "--model.flavor=bench-30m",
+        "--training.seq_len=512",
+        "--training.micro_batch_size=8",
+        "--training.global_batch_tokens=16384",
+    ],
+)
+GPU_LAYOUTS = (("h100", 1), ("a100-80g", 4), ("rtx4090", 2))
+
+
+def _plan(path: str, overrides: list[str], nproc: int, ac: str) -> TrainingPlan:
+    cfg = load_config(
+        ROOT / path, [*overrides, f"--activation_checkpoint.mode={ac}"], world_size=nproc
+    )
+    return TrainingPlan.from_config(cfg, nproc)
+
+
+def cpu_table(with_tracker: bool) -> None:
+    head = (
+        f"| config | procs | AC | accum | analytic MiB | traced MiB | real MiB | "
+        f"traced err | analytic err |{' tracker-on-real MiB |' if with_tracker else ''} "
+        "real step s | bench s |"
+    )
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    worst_t = worst_a = 0.0
+    for name, path, overrides in (DEBUG, BENCH):
+        for nproc in (1, 2):
+            for ac in ("none", "selective", "full"):
+                start = time.perf_counter()
+                plan = _plan(path, overrides, nproc, ac)
+                analytic = analytic_memory(plan).peak_bytes
+                traced = trace_memory(plan).peak_bytes
+                ranks = measure_real_peak(plan, with_tracker=with_tracker)
+                real = max(r.peak_bytes for r in ranks)
+                err_t, err_a = traced / real - 1, analytic / real - 1
+                worst_t, worst_a = max(worst_t, abs(err_t)), max(worst_a, abs(err_a))
+                tracker = ""
+                if with_tracker:
+                    tracker = f" {max(r.tracker_peak_bytes or 0 for r in ranks) / MIB:,.1f} |"
+                step_s = max(r.step_seconds for r in ranks)
+                print(
+                    f"| {name} | {nproc} | {ac} | {plan.grad_accum} | {analytic / MIB:,.1f} | "
+                    f"{traced / MIB:,.1f} | {real / MIB:,.1f} | {err_t:+.2%} | {err_a:+.2%} |"
+                    f"{tracker} {step_s:.1f} | {time.perf_counter() - start:.0f} |",
+                    flush=True,
+                )
+    print(f"\nworst |traced - real| / real = {worst_t:.2%}; worst analytic = {worst_a:.2%}")
+
+
+def gpu_table() -> None:
+    print(
+        "\nmini_gpt_100m.toml: python tools/memory_estimate.py train_configs/mini_gpt_100m.toml "
+        "--gpu GPU --nproc N\n"
+    )
+    print(
+        "| GPUs | layout | micro-steps/step | per-GPU peak (traced) | analytic | usable | "
+        "verdict | MFU assumed (effective) | tokens/s | time-to-train (1B tokens) | GPU-hours |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for gpu, nproc in GPU_LAYOUTS:
+        plan = _plan("train_configs/mini_gpt_100m.toml", [], nproc, "selective")
+        est = build_estimate(plan, gpu)
+        s, v = est.speed, est.verdict
+        traced = est.traced.peak_bytes if est.traced else v.peak_bytes
+        hours = s.train_seconds / 3600
+        print(
+            f"| {nproc}x {gpu} | {plan.layout_text()} | {plan.grad_accum} | "
+            f"{traced / GIB:.2f} GiB | {est.analytic.peak_bytes / GIB:.2f} GiB | "
+            f"{v.usable_bytes / GIB:.1f} GiB | {'fits' if v.fits else 'does not fit'} | "
+            f"{s.mfu_assumed:.0%} ({s.mfu_effective:.1%}) | {s.tokens_per_s:,.0f} | "
+            f"{hours:.2f} h | {s.gpu_hours:.1f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", choices=("cpu", "gpu"))
+    parser.add_argument("--with-tracker", action="store_true")
+    args = parser.parse_args()
+    if args.only != "gpu":
+        cpu_table(args.with_tracker)
+    if args.only != "cpu":
+        gpu_table()
+
+
+if __name__ == "__main__":
+    main()

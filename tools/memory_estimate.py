@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Estimate per-GPU memory, MFU-based speed and time-to-train of a config before renting GPUs.
+
+usage:
+  python tools/memory_estimate.py CONFIG.toml [--section.key value ...] --gpu GPU [--nproc N]
+      [--mfu 0.4] [--usd-per-gpu-hour 2.5] [--no-trace] [--json]
+      [--chinchilla-flops C | --chinchilla-params N]
+  python tools/memory_estimate.py --chinchilla-flops 1e19      (Chinchilla table only)
+
+Memory is estimated twice: by formula from the model args, and by tracing one real training
+step (the trainer's build + parallelize code) under FakeTensorMode with a fake process group
+of N ranks, which allocates no real memory. Exit code 2 on a config, layout or GPU error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+
+from estimation.chinchilla import chinchilla_table  # noqa: E402
+from estimation.report import build_estimate, chinchilla_lines, render_text, to_json  # noqa: E402
+from torchgpt.hardware import GPUS  # noqa: E402
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(tool arguments, config overrides): every `--section.key[=value]` is an override."""
+    tool, overrides = [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        key = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and "." in key:
+            overrides.append(arg)
+            if "=" not in arg and i + 1 < len(argv):
+                overrides.append(argv[i + 1])
+                i += 1
+        else:
+            tool.append(arg)
+        i += 1
+    return tool, overrides
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Any --section.key value pair overrides the config, as in torchgpt.train.",
+    )
+    p.add_argument("config", nargs="?", help="training config TOML (e.g. train_configs/...)")
+    p.add_argument("--gpu", help=f"GPU type, one of: {', '.join(GPUS)}")
+    p.add_argument("--nproc", type=int, default=1, help="GPUs (= processes) of the job")
+    p.add_argument("--mfu", type=float, help="assumed MFU in (0, 1]; default per GPU type")
+    p.add_argument("--usd-per-gpu-hour", type=float, help="price, adds a cost line")
+    p.add_argument("--no-trace", action="store_true", help="analytic memory only (instant)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument("--chinchilla-flops", type=float, help="compute budget for the table")
+    p.add_argument("--chinchilla-params", type=float, help="parameter count for the table")
+    return p
+
+
+def _chinchilla_only(args: argparse.Namespace) -> int:
+    flops, rows = chinchilla_table(
+        compute_flops=args.chinchilla_flops, num_params=args.chinchilla_params
+    )
+    if args.json:
+        print(json.dumps({"compute_flops": flops, "rows": [r.__dict__ for r in rows]}, indent=2))
+    else:
+        print("\n".join(chinchilla_lines(flops, rows)))
+    return 0
+
+
+def run(argv: list[str]) -> int:
+    tool_args, overrides = split_overrides(argv)
+    args = build_parser().parse_args(tool_args)
+    if args.chinchilla_flops is not None and args.chinchilla_params is not None:
+        raise ValueError("give --chinchilla-flops or --chinchilla-params, not both")
+    if args.config is None:
+        if args.chinchilla_flops is None and args.chinchilla_params is None:
+            raise ValueError("CONFIG is required (or --chinchilla-flops / --chinchilla-params)")
+        return _chinchilla_only(args)
+    if args.gpu is None:
+        raise ValueError(f"--gpu is required; known: {', '.join(GPUS)}")
+    if args.nproc < 1:
+        raise ValueError(f"--nproc: {args.nproc} must be >= 1 (one process per GPU)")
+    from estimation.plan import TrainingPlan
+    from torchgpt.config_manager import load_config
+
+    cfg = load_config(args.config, overrides, world_size=args.nproc)
+    plan = TrainingPlan.from_config(cfg, args.nproc)
+    est = build_estimate(
+        plan,
+        args.gpu,
+        source=" ".join([args.config, *overrides]),
+        trace=not args.no_trace,
+        mfu=args.mfu,
+        usd_per_gpu_hour=args.usd_per_gpu_hour,
+        chinchilla_flops=args.chinchilla_flops,
+        chinchilla_params=args.chinchilla_params,
+    )
+    print(json.dumps(to_json(est), indent=2) if args.json else render_text(est))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except ValueError as e:  # ConfigError is a ValueError: config, layout, GPU, MFU mistakes
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
