@@ -28,8 +28,9 @@ def plan_for(overrides: list[str], nproc: int = 1, config: Path = DEBUG) -> Trai
 @pytest.mark.parametrize(
     "overrides,nproc",
     [
-        (["--activation_checkpoint.mode=none"], 1),  # autocast bf16, 4 micro-steps
-        (["--activation_checkpoint.mode=selective"], 2),  # FSDP2 bf16, no-sync accumulation
+        # autocast bf16 with accumulation; FSDP2 bf16 with no-sync accumulation
+        (["--activation_checkpoint.mode=none", "--training.global_batch_tokens=8192"], 1),
+        (["--activation_checkpoint.mode=selective", "--training.global_batch_tokens=8192"], 2),
         (["--activation_checkpoint.mode=full", "--training.mixed_precision=fp32"], 2),
         (["--model.flavor=debug-modern", "--activation_checkpoint.mode=selective"], 1),
         (["--activation_checkpoint.mode=full", "--training.global_batch_tokens=4096"], 2),
@@ -44,7 +45,8 @@ def test_analytic_matches_trace(overrides: list[str], nproc: int) -> None:
 
 
 def test_resident_terms_are_exact_and_sharded() -> None:
-    plan = plan_for(["--activation_checkpoint.mode=none"], nproc=2)
+    # Batch pinned here (not taken from the debug config): 2 micro-steps per step on 2 ranks.
+    plan = plan_for(["--activation_checkpoint.mode=none", "--training.global_batch_tokens=8192"], 2)
     n = num_params(plan.args, padded_vocab=True)
     est = analytic_memory(plan)
     by_cat = est.by_category()

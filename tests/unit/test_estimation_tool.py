@@ -62,12 +62,16 @@ def test_json_and_cost(capsys: pytest.CaptureFixture) -> None:
     data = json.loads(out)
     assert data["memory"]["traced"] is None and data["memory"]["trace_skipped"]
     assert data["verdict"]["basis"] == "analytic" and data["verdict"]["fits"] is True
-    assert data["plan"]["grad_accum"] == 32 and data["plan"]["precision_mode"] == "autocast-bf16"
+    p = data["plan"]
+    assert p["grad_accum"] == p["global_batch_tokens"] // (p["micro_batch_size"] * p["seq_len"])
+    assert p["precision_mode"] == "autocast-bf16"  # one GPU: bf16 through autocast
     assert data["speed"]["usd"] == pytest.approx(3 * data["speed"]["gpu_hours"])
 
 
 def test_does_not_fit_and_every_suggestion_fits(capsys: pytest.CaptureFixture) -> None:
     overrides = ["--model.flavor", "gpt2-1558m", "--activation_checkpoint.mode", "none"]
+    overrides += ["--training.micro_batch_size", "16", "--training.seq_len", "1024"]
+    overrides += ["--training.global_batch_tokens", "524288"]
     argv = [RECIPE, *overrides, "--gpu", "a100-40g", "--nproc", "2", "--no-trace", "--json"]
     code, out, _ = run_tool(argv, capsys)
     data = json.loads(out)
