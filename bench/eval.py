@@ -7,7 +7,8 @@ python bench/eval.py --checkpoint RUN_DIR --limit 200 --batch-size 32
 The model is exported with export_hf (plus the GPT-2 tokenizer from the shared BPE files) so both
 backends score the same weights, the same requests and the same batch size in float32. Only the
 harness's evaluate call is timed (task data is loaded beforehand, untimed); each backend gets a
-short warm-up, then the best of --repeats runs counts. Prints a table; never asserts.
+short warm-up, then the backends alternate for --repeats rounds and each one's best run counts.
+Prints a table; never asserts.
 """
 
 from __future__ import annotations
@@ -76,14 +77,15 @@ def main() -> int:
             ),
             "torchgpt": TorchGPTLM(model, batch_size=args.batch_size),
         }
-        rows = {}
+        runs: dict[str, list[tuple[float, int]]] = {name: [] for name in backends}
         for name, lm in backends.items():
             timed_run(lm, tasks[:1], Path(args.data_dir), 2, Path(tmp) / f"warm-{name}")
-            runs = [
-                timed_run(lm, tasks, Path(args.data_dir), args.limit, Path(tmp) / f"{name}{i}")
-                for i in range(args.repeats)
-            ]
-            rows[name] = min(runs)
+        # Interleaved so that load from other jobs on a shared machine hits both alike.
+        for i in range(args.repeats):
+            for name, lm in backends.items():
+                work = Path(tmp) / f"{name}{i}"
+                runs[name].append(timed_run(lm, tasks, Path(args.data_dir), args.limit, work))
+        rows = {name: min(r) for name, r in runs.items()}
     print(
         f"model {args.checkpoint or args.flavor} ({sum(p.numel() for p in model.parameters()):,} "
         f"params), tasks {args.tasks}, limit {args.limit}, batch {args.batch_size}, float32, "

@@ -20,6 +20,7 @@ from torchgpt.checkpoint import CheckpointManager, ModelState
 from torchgpt.data.loader import build_val_batches
 from torchgpt.data.shards import ShardWriter
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
+from torchgpt.eval.report_md import one_line
 from torchgpt.eval.val import compute_val_loss
 from torchgpt.model import GPT, get_model_args, num_params
 
@@ -200,8 +201,8 @@ def test_eval_all_checkpoints_then_report(run, shared_dir, capsys):
             assert f"{t[task][metric]:.4f} ({t[task][metric + '_stderr']:.4f})" in row
         assert rec["command"] in bench
         for s in rec["samples"]:
-            assert f"greedy : {s['prompt']}|{s['greedy']}" in samples
-            assert f"sampled: {s['prompt']}|{s['sampled']}" in samples
+            assert f"greedy : {s['prompt']}|{one_line(s['greedy'])}" in samples
+            assert f"sampled: {s['prompt']}|{one_line(s['sampled'])}" in samples
     assert "| chance | - | - | 0.2500 |" in bench and "0.3114" in bench  # GPT-2 124M reference
     assert f"{num_params(_tiny_args()):,} parameters" in card and "lr=0.003" in card
     assert f"tokens seen: {STEPS * SEQ * MB:,}" in card

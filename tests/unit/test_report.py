@@ -61,7 +61,7 @@ def record(step: int) -> dict:
             },
         },
         "samples": [
-            {"prompt": p, "greedy": f" g{step}{p}", "sampled": f" s{step}{p}"} for p in PROMPTS
+            {"prompt": p, "greedy": f" g{step}{p}\n", "sampled": f" s{step}{p}"} for p in PROMPTS
         ],
         "sample_settings": {"max_new_tokens": 8, "temperature": 0.8, "top_k": 50, "seed": 1},
         "versions": {"torch": "9.9", "lm_eval": "0.4.13"},
@@ -122,7 +122,8 @@ def test_samples_follow_prompts_across_at_most_six_checkpoints(run_dir):
     assert len(shown) == MAX_SAMPLE_CHECKPOINTS and shown[0] == 100 and shown[-1] == 800
     for step in shown:
         for p in PROMPTS:
-            assert f"greedy : {p}| g{step}{p}" in text and f"sampled: {p}| s{step}{p}" in text
+            assert f"greedy : {p}| g{step}{p}\\n\n" in text  # newline escaped, one line
+            assert f"sampled: {p}| s{step}{p}\n" in text
     assert text.index("## Prompt 1: 'Alpha'") < text.index("## Prompt 2: 'Beta'")
     assert "max_new_tokens=8, temperature=0.8" in text
 

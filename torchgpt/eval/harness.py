@@ -112,6 +112,11 @@ class TorchGPTLM(TemplateLM):
             raise ValueError(f"dtype={dtype!r} must be 'float32' or 'bfloat16'")
         self._autocast = dtype == "bfloat16"
         self._max_length = int(max_length or self.model.args.max_seq_len)
+        if not 1 <= self._max_length <= self.model.args.max_seq_len:
+            raise ValueError(
+                f"max_length={max_length} must be in [1, the model's max_seq_len="
+                f"{self.model.args.max_seq_len}]"
+            )
         self._max_gen_toks = int(max_gen_toks)
 
     # ---- properties the harness reads ----------------------------------------------------

@@ -67,10 +67,11 @@ def _data(data: ReportData) -> list[str]:
     lines = [f"- training data: `{path}` (token shards from tools/prepare_data.py)"]
     m = data.manifest or {}
     if m:
-        tokens = m.get("tokens") or {}
+        tokens, docs = m.get("tokens") or {}, m.get("documents") or {}
         lines.append(
             f"- prepared tokens: train {fmt_int(tokens.get('train'))}, val "
-            f"{fmt_int(tokens.get('val'))}; documents {m.get('documents')}"
+            f"{fmt_int(tokens.get('val'))}; documents: train {fmt_int(docs.get('train'))}, val "
+            f"{fmt_int(docs.get('val'))}"
         )
         if m.get("command"):
             lines.append(f"- prepared with: `{m['command']}`")

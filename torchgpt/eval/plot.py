@@ -27,7 +27,7 @@ def _tokens_label(x: float, _pos: int) -> str:
 
 def _ylim(values: list[float]) -> tuple[float, float] | None:
     """Keep the first steps' very high loss from flattening the rest of the curve."""
-    if len(values) < 5:
+    if len(values) < 50:  # few points: show them all, the start of training included
         return None
     ordered = sorted(values)
     low, high = ordered[0], ordered[int(0.95 * (len(ordered) - 1))]
@@ -77,10 +77,10 @@ def plot_loss_curve(data: ReportData, path: Path) -> Path:
         ax2.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
         h2, l2 = ax2.get_legend_handles_labels()
         handles, labels = handles + h2, labels + l2
-    if handles:
-        ax.legend(handles, labels, loc="upper right", framealpha=0.9)
     ax.set_title(f"{data.name}: loss vs tokens")
-    fig.tight_layout()
+    if handles:  # below the axes, where it can never hide a curve
+        fig.legend(handles, labels, loc="lower center", ncol=len(handles), frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path

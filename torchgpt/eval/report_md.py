@@ -31,6 +31,11 @@ def fmt_score(scores: dict[str, Any] | None, metric: str) -> str:
     return fmt_float(scores[metric]) + (f" ({stderr:.4f})" if stderr is not None else "")
 
 
+def one_line(text: str) -> str:
+    """Newlines and tabs shown as \\n and \\t: one line per sample, degenerate output visible."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
 def column_title(task: str, metric: str) -> str:
     return f"{TASK_LABELS.get(task, task)} {metric}"
 
@@ -168,7 +173,7 @@ def render_samples(data: ReportData) -> str:
         "The fixed prompts of configs/eval_prompts.toml, continued at each major checkpoint. "
         "`greedy` is argmax decoding; `sampled` uses the settings below with seed + prompt "
         "index, so the same checkpoint always gives the same text. `|` marks where the "
-        "prompt ends.",
+        "prompt ends; a newline in the text is written as \\\\n.",
         "",
     ]
     if not records:
@@ -187,8 +192,8 @@ def render_samples(data: ReportData) -> str:
                 f"val_loss {fmt_float(r.get('val_loss'))})"
             )
             lines += ["", "```text"]
-            lines += [f"greedy : {prompt}|{sample['greedy']}"]
-            lines += [f"sampled: {prompt}|{sample['sampled']}", "```", ""]
+            lines += [f"greedy : {one_line(prompt)}|{one_line(sample['greedy'])}"]
+            lines += [f"sampled: {one_line(prompt)}|{one_line(sample['sampled'])}", "```", ""]
     return "\n".join(lines)
 
 
