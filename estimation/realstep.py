@@ -27,6 +27,7 @@ import multiprocessing
 import re
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -159,6 +160,8 @@ def measure_in_this_process(plan: TrainingPlan, *, with_tracker: bool = False) -
 
 
 def _rank_worker(plan_json: str, out_dir: str, with_tracker: bool) -> None:
+    # FSDP2 warns that the root returns a view (the vocab slice): expected, harmless.
+    warnings.filterwarnings("ignore", message=".*returned a view tensor.*")
     plan = _plan_from_json(plan_json)
     result = measure_in_this_process(plan, with_tracker=with_tracker)
     Path(out_dir, f"rank{result.rank}.json").write_text(json.dumps(asdict(result)))
