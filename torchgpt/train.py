@@ -82,7 +82,8 @@ class Trainer:
         self._build_data()
         self._build_checkpointer()
         self._build_metrics()
-        self._preempt_requested = False
+        self._preempt_requested = False  # this rank got a signal (set by the handler)
+        self._preempt_agreed = False  # some rank did, as of the last all-reduce: act on this
 
     # ---- construction -------------------------------------------------------------------
     def _setup_runtime(self) -> None:
@@ -290,7 +291,10 @@ class Trainer:
         if dist.is_initialized():
             dist.all_reduce(stats)
         loss_val = stats[0].item() / self.world_size
-        self._preempt_requested = stats[1].item() > 0
+        # Only the all-reduced flag may steer the loop: the handler can set _preempt_requested on
+        # one rank after this all-reduce, and a rank acting on it alone would enter the checkpoint
+        # collectives by itself and hang (checkpoint-helper fix, tests/integration/test_resume.py).
+        self._preempt_agreed = stats[1].item() > 0
         gnorm = grad_norm.item()
         if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
             step = self.train_state.step + 1
@@ -464,11 +468,11 @@ class Trainer:
             # Every checkpoint carries its val loss, so "best" is chosen among saved steps.
             val_loss = self._maybe_validate(st.step, last_step, force=save_due)
             self._maybe_harness_eval(st.step, last_step)
-            if save_due or self._preempt_requested:
+            if save_due or self._preempt_agreed:
                 ckpt_path = self.checkpointer.save(
-                    st.step, val_loss=val_loss, force=self._preempt_requested
+                    st.step, val_loss=val_loss, force=self._preempt_agreed
                 )
-            if self._preempt_requested:
+            if self._preempt_agreed:
                 self.checkpointer.wait()
                 logger.info(
                     "preempted: checkpoint of step %d saved to %s; exiting", st.step, ckpt_path
