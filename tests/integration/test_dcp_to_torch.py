@@ -16,6 +16,8 @@ from torchgpt.model import GPT, ModelArgs, get_model_args
 from torchgpt.testing import run_distributed_test
 
 REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+import dcp_to_torch as dcp_to_torch_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_single_file_and_hf_folder_give_the_checkpoint_logits(checkpoint, tmp_pa
     torch.testing.assert_close(theirs, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_conversion_and_bad_paths(checkpoint, tmp_path):
+def test_bf16_conversion_and_bad_paths(checkpoint, tmp_path, capsys):
     run_dir = checkpoint.parent.parent  # a run directory: its newest checkpoint, not model.pt
     path, _ = dcp_to_torch(run_dir, tmp_path / "bf16.pt", dtype=torch.bfloat16)
     weights = torch.load(path, weights_only=True)["model"]
@@ -83,7 +85,5 @@ def test_bf16_conversion_and_bad_paths(checkpoint, tmp_path):
             weights[key], value.to(torch.bfloat16)
         ), key
 
-    cmd = [sys.executable, str(REPO / "tools" / "dcp_to_torch.py"), str(tmp_path), "x.pt"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 2
-    assert f"error: {tmp_path} is neither a DCP checkpoint folder" in proc.stderr
+    assert dcp_to_torch_cli.main([str(tmp_path), str(tmp_path / "x.pt")]) == 2
+    assert f"error: {tmp_path} is neither a DCP checkpoint folder" in capsys.readouterr().err
