@@ -54,6 +54,8 @@ class StallBeforeMarker(FileSystemWriter):
 class Job:
     """One run_train.sh launch in its own session; output goes to a log file."""
 
+    live: list[Job] = []  # killed at teardown if a failing test left them running
+
     def __init__(self, data_dir: Path, dump: Path, nproc: int = 2, extra=(), env=None) -> None:
         self.run_dir = dump / "debug"
         self.log = dump / f"launch-{time.monotonic_ns()}.log"
@@ -69,6 +71,7 @@ class Job:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        Job.live.append(self)
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -107,6 +110,15 @@ class Job:
             except ProcessLookupError:
                 pass
         self.proc.wait(timeout=60)
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_jobs():
+    yield
+    while Job.live:
+        job = Job.live.pop()
+        if job.proc.poll() is None:
+            job.kill()
 
 
 def _descendants(root: int) -> list[int]:
@@ -187,8 +199,8 @@ def test_sigkill_after_checkpoint_resumes_bitwise(astro_shards, tmp_path, straig
     assert "resumed from step 10" in out
     assert sorted(reference) == list(range(1, STEPS + 1))
     got = losses(run_dir)
-    # Steps 1-10 come from the killed job: if they differ, two fresh runs already disagree
-    # (run-to-run nondeterminism), which is not a resume problem; say so when failing.
+    # Steps 1-10 come from the killed job: if they differ, two fresh runs already disagree (seen
+    # once: the code under test was edited between the jobs), which is not a resume problem.
     fresh_equal = all(got[s] == reference[s] for s in range(1, 11))
     assert {s: got[s] for s in range(11, 21)} == {s: reference[s] for s in range(11, 21)}, (
         f"resumed losses differ; fresh steps 1-10 {'agree' if fresh_equal else 'DIFFER too'}"
@@ -265,7 +277,8 @@ def test_resume_on_another_number_of_processes(
     else:
         assert "resumed from step 10" in Job(astro_shards, tmp_path, nproc=resumed_on).finish()
     # The reference is the uninterrupted run that wrote the checkpoint: same weights at step 10,
-    # same batches after it, so only the fp32 reduction order of steps 11-20 differs.
+    # same batches after it, so only the fp32 reduction order of steps 11-20 differs (another
+    # batch would move the loss by ~1e-1, so 1e-5 also proves the data order).
     got, reference = losses(run_dir), losses(source)
     assert sorted(got) == list(range(11, 21))
     for step in got:
