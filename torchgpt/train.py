@@ -46,10 +46,46 @@ def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torc
     return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
 
 
-# Compiled, the fp32 upcast, log-softmax and NLL (and their backward) fuse into two passes over
-# the bf16 logits instead of ~10 eager passes over an fp32 (B*T, V) copy: with a 50K vocab
-# these dominated the non-matmul time of a step (bench/train_throughput.py).
-_compiled_cross_entropy_sum = torch.compile(token_cross_entropy_sum)
+class _CrossEntropySum(torch.autograd.Function):
+    """token_cross_entropy_sum over the first `vocab_size` columns, gradient (softmax - onehot) * g.
+
+    Meant to be compiled: inductor fuses each direction into one pass over the logits in their
+    own dtype with fp32 math, never materializing an fp32 (B*T, V) copy. Columns >= vocab_size
+    (the padded vocabulary) are masked out of the softmax and get an exact zero gradient, so
+    the model can hand over its padded logits and skip the zero-padding copy of the slice's
+    backward. Compiling F.cross_entropy instead also fuses, but its NLL backward becomes a
+    one-hot row sum over all V columns per token. Targets must be ids < vocab_size.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        x, t = logits.flatten(0, 1), targets.flatten()  # (B*T, V), (B*T,)
+        col = torch.arange(x.size(1), device=x.device)
+        xf = torch.where(col < vocab_size, x.float(), float("-inf"))
+        lse = torch.logsumexp(xf, dim=-1)  # (B*T,)
+        picked = x.gather(1, t[:, None]).squeeze(1).float()  # logit of the target, (B*T,)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.vocab_size = vocab_size
+        return (lse - picked).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        x, t = logits.flatten(0, 1), targets.flatten()
+        col = torch.arange(x.size(1), device=x.device)[None, :]
+        p = torch.where(col < ctx.vocab_size, torch.exp(x.float() - lse[:, None]), 0.0)
+        dx = torch.where(col == t[:, None], p - 1.0, p) * grad
+        return dx.to(logits.dtype).view_as(logits), None, None
+
+
+@torch.compile
+def _compiled_cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    # Compiled, the loss and its backward are one fused pass each over the bf16 logits instead
+    # of ~10 eager passes over an fp32 (B*T, V) copy: with a 50K vocab these were the largest
+    # non-matmul cost of a step (bench/train_throughput.py).
+    return _CrossEntropySum.apply(logits, targets, vocab_size)
 
 
 class TrainState(Stateful):
@@ -247,8 +283,10 @@ class Trainer:
         Dividing by the same denominator on every micro-step (not a per-micro-batch mean) makes
         accumulation exact; FSDP/DDP then average over ranks -> the mean over the global batch.
         """
-        ce = _compiled_cross_entropy_sum if self.cfg.compile.enable else token_cross_entropy_sum
-        return ce(logits, targets) / denom
+        vocab = self.model_args.vocab_size  # logits may hold the padded vocabulary: ignore it
+        if self.cfg.compile.enable:
+            return _compiled_cross_entropy_sum(logits, targets, vocab) / denom
+        return token_cross_entropy_sum(logits[..., :vocab], targets) / denom
 
     def accumulate_gradients(self) -> torch.Tensor:
         """Forward/backward over grad_accum micro-batches; returns this rank's summed loss.
@@ -266,7 +304,7 @@ class Trainer:
             self.timer.lap("data")
             with self._grad_sync(micro == self.grad_accum - 1):
                 with self._autocast():
-                    logits = self.model(inputs)
+                    logits = self.model(inputs, padded_vocab=True)  # loss_fn masks the padding
                 loss = self.loss_fn(logits, targets, denom)
                 loss.backward()
             loss_sum += loss.detach()

@@ -284,7 +284,12 @@ class GPT(nn.Module):
             )
 
     def forward(
-        self, tokens: Tensor, kv_cache: KVCache | None = None, start_pos: int = 0
+        self,
+        tokens: Tensor,
+        kv_cache: KVCache | None = None,
+        start_pos: int = 0,
+        *,
+        padded_vocab: bool = False,
     ) -> Tensor:
         """Compute next-token logits.
 
@@ -292,10 +297,14 @@ class GPT(nn.Module):
             tokens: (B, T) integer token ids.
             kv_cache: cache for incremental decoding (see `generate`); None for training.
             start_pos: position of tokens[:, 0] (number of tokens already in the cache).
+            padded_vocab: return all `padded_vocab_size` columns; the caller must ignore the
+                columns >= vocab_size (the training loss masks them). It saves the slice's
+                backward, which would copy the whole (B, T, V) gradient into a zero-padded one.
 
         Returns:
             (B, T, vocab_size) logits in the compute dtype; the padded vocabulary columns
-            are sliced off here so they can never be sampled or enter a loss.
+            are sliced off here so they can never be sampled or enter a loss (unless
+            `padded_vocab`: then (B, T, padded_vocab_size)).
         """
         self._check_inputs(tokens, start_pos)
         T = tokens.size(1)
@@ -312,6 +321,8 @@ class GPT(nn.Module):
             x = layer(x, rope_cos, rope_sin, layer_cache, start_pos)  # (B, T, d)
         x = self.norm(x)
         logits = self.output(x)  # (B, T, padded_vocab)
+        if padded_vocab:
+            return logits
         return logits[..., : self.args.vocab_size]  # (B, T, vocab)
 
     @torch.no_grad()
