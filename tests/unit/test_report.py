@@ -152,3 +152,18 @@ def test_errors_and_the_cli(tmp_path, run_dir, capsys):
     (run_dir / "eval" / "step-900.json").unlink()
     assert report_tool.main([str(run_dir), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "LOSS_CURVE.png").stat().st_size > 20_000
+
+
+def test_benchmark_markers_keep_hand_written_sections(tmp_path):
+    from torchgpt.eval.report import BEGIN_MARK, END_MARK, _write_benchmark
+
+    path = tmp_path / "BENCHMARK.md"
+    path.write_text(f"# Bench\nthroughput 123\n{BEGIN_MARK}\nold table\n{END_MARK}\nfooter\n")
+    _write_benchmark(path, "new table\n")
+    assert (
+        path.read_text()
+        == f"# Bench\nthroughput 123\n{BEGIN_MARK}\nnew table\n{END_MARK}\nfooter\n"
+    )
+    fresh = tmp_path / "other.md"
+    _write_benchmark(fresh, "only the report\n")
+    assert fresh.read_text() == "only the report\n"

@@ -93,6 +93,25 @@ def load_report_data(run_dir: str | Path, eval_dir: str | Path | None = None) ->
     return ReportData(run_dir, records, metrics, config or {}, manifest)
 
 
+BEGIN_MARK = "<!-- tools/report.py: begin -->"
+END_MARK = "<!-- tools/report.py: end -->"
+
+
+def _write_benchmark(path: Path, text: str) -> None:
+    """Write BENCHMARK.md; if it exists with report markers, replace only what lies between them.
+
+    The top-level BENCHMARK.md also holds hand-run benchmark figures (bench/*.py); regenerating
+    the eval tables must not erase them.
+    """
+    if path.exists():
+        old = path.read_text(encoding="utf-8")
+        if BEGIN_MARK in old and END_MARK in old:
+            head, rest = old.split(BEGIN_MARK, 1)
+            tail = rest.split(END_MARK, 1)[1]
+            text = f"{head}{BEGIN_MARK}\n{text.rstrip()}\n{END_MARK}{tail}"
+    path.write_text(text, encoding="utf-8")
+
+
 def build_report(
     run_dir: str | Path, out_dir: str | Path | None = None, eval_dir: str | Path | None = None
 ) -> dict[str, Path]:
@@ -110,7 +129,7 @@ def build_report(
     out = Path(out_dir) if out_dir else data.run_dir / REPORT_DIR_NAME
     out.mkdir(parents=True, exist_ok=True)
     paths = {name: out / name for name in REPORT_FILES}
-    paths["BENCHMARK.md"].write_text(render_benchmark(data), encoding="utf-8")
+    _write_benchmark(paths["BENCHMARK.md"], render_benchmark(data))
     plot_loss_curve(data, paths["LOSS_CURVE.png"])
     paths["SAMPLES.md"].write_text(render_samples(data), encoding="utf-8")
     paths["MODEL_CARD.md"].write_text(render_model_card(data), encoding="utf-8")
