@@ -6,9 +6,12 @@ sync save blocks training for the whole write; an async save blocks only while t
 staged into CPU memory, and the write goes on in a background thread. "blocked" is the time
 `save()` kept the training loop waiting; "total" is until the checkpoint is COMPLETE on disk.
 Loads read a checkpoint that was just written, so they come from a warm page cache. Sizes are
-the bytes of the step folder; MB/s = size / time. Median (and min) of --repeats saves.
+the bytes of the step folder; MB/s = size / time. Median (and min) of --repeats saves after
+one warm-up save. The blocked figure of an async save is its staging rate (a memory copy).
+
 --threads defaults to 1, what torchrun gives each rank: with more threads than free cores,
-every one of the ~300 per-tensor copies waits on an OpenMP barrier and staging gets 10x slower.
+every one of the ~300 per-tensor copies waits on an OpenMP barrier and staging gets several
+times slower (1.3 s instead of 0.1-0.5 s for 443 MB on a loaded 2-core machine).
 
   python bench/checkpoint.py --flavor bench-30m --repeats 3
 """
@@ -60,8 +63,10 @@ def folder_mb(path: Path) -> float:
 
 
 def time_saves(run_dir: Path, model, optimizer, async_mode: str, repeats: int, first_step: int):
-    """[(blocked s, total s, MB)] of `repeats` saves."""
+    """[(blocked s, total s, MB)] of `repeats` saves, after one untimed warm-up save."""
     mgr = manager(run_dir, model, optimizer, async_mode)
+    mgr.save(first_step - 1)  # first-call costs (imports, thread pool) are not per-checkpoint
+    mgr.wait()
     results = []
     for i in range(repeats):
         step = first_step + i
@@ -101,7 +106,7 @@ def main() -> None:
     model, optimizer = build(args.flavor, seed=0)
     with tempfile.TemporaryDirectory(dir=args.dir, prefix="bench_ckpt_") as tmp:
         run_dir = Path(tmp)
-        sync = time_saves(run_dir, model, optimizer, "disabled", args.repeats, first_step=1)
+        sync = time_saves(run_dir, model, optimizer, "disabled", args.repeats, first_step=2)
         loads = time_loads(run_dir, args.flavor, args.repeats)
         asy = time_saves(run_dir, model, optimizer, "async", args.repeats, first_step=100)
     mb = sync[0][2]
