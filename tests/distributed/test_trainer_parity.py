@@ -1,4 +1,4 @@
-"""Loss parity across parallel layouts (fp32): 1 process, FSDP2, HSDP, DDP, 4-way FSDP2.
+"""Loss parity across parallel layouts (fp32): 1 process, FSDP2, DDP, 4-way FSDP2, HSDP 2x2.
 
 Same global batch, same data, same seed: the first 10 losses and gradient norms must agree to a
 relative 1e-5 (losses start near 10.8, so this is ~1e-4 absolute at worst; measured differences
@@ -26,12 +26,11 @@ def reference(astro_shards, tmp_path_factory):
     "world_size,layout",
     [
         (2, ["--parallelism.data_parallel", "fsdp"]),
-        (2, ["--parallelism.dp_replicate", "2", "--parallelism.dp_shard", "1"]),  # DDP-shaped HSDP
         (2, ["--parallelism.data_parallel", "ddp"]),
         (4, ["--parallelism.data_parallel", "fsdp"]),
         (4, ["--parallelism.dp_replicate", "2", "--parallelism.dp_shard", "2"]),  # HSDP 2x2
     ],
-    ids=["fsdp2", "replicate2x1", "ddp2", "fsdp4", "hsdp2x2"],
+    ids=["fsdp2", "ddp2", "fsdp4", "hsdp2x2"],
 )
 def test_losses_match_single_process(reference, astro_shards, tmp_path, world_size, layout):
     ref_loss, ref_gnorm = reference
