@@ -155,7 +155,8 @@ def parallelize_gpt(
             dims.dp_shard,
         )
         return model
-    model.to(device)
+    if any(p.device != device for p in model.parameters()):
+        model.to(device)
     if dims.ddp_enabled:
         # Classic DDP: stable across the supported torch range (the composable `replicate`
         # API is still private and has changed between releases).
