@@ -115,7 +115,7 @@ def test_errors_name_the_path_and_the_fix(tmp_path, run_dir):
         load_model(path)
     wrong_args = {**asdict(model.args), "dim": 64}
     path = save_model_only(model.state_dict(), wrong_args, {}, tmp_path / "wrong.pt")
-    with pytest.raises(ValueError, match="weights do not fit the model args"):
+    with pytest.raises(ValueError, match="weights do not fit its model_args"):
         load_model(path)
 
 

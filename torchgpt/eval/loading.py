@@ -7,7 +7,6 @@ checkpoints for `tools/eval.py --all`.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from torchgpt.checkpoint import layout
 from torchgpt.checkpoint.export import load_full_model_state_dict, load_model_only
 from torchgpt.data.tokenizer import VOCAB_SIZE
-from torchgpt.model import GPT, ModelArgs
+from torchgpt.model import GPT
 
 logger = logging.getLogger(__name__)
 
@@ -110,36 +109,13 @@ def _resolve_run_dir(run_dir: Path, which: Which) -> Path:
 def build_model_from_state_dict(
     model_args: dict, state_dict: dict[str, torch.Tensor], source: Path
 ) -> GPT:
-    """A plain fp32 CPU GPT from ModelArgs fields and a full state dict; ValueError names `source`."""
-    fields = {f.name for f in dataclasses.fields(ModelArgs)}
-    unknown = sorted(set(model_args) - fields)
-    if unknown:
-        raise ValueError(
-            f"{source}: model_args has fields {unknown} this torchgpt's ModelArgs lacks; "
-            "evaluate it with the torchgpt version that trained it"
-        )
-    args = ModelArgs(**model_args)
-    with torch.device("meta"):
-        model = GPT(args)
-    model.to_empty(device="cpu")
-    model.tie_weights()
-    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
-    if args.tie_embeddings:
-        state.setdefault("output.weight", state.get("tok_embeddings.weight"))
-    try:
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        problem = (
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}" if missing or unexpected else ""
-        )
-    except RuntimeError as e:  # shape mismatches
-        problem = str(e).splitlines()[-1].strip()
-    if problem:
-        raise ValueError(
-            f"{source}: weights do not fit the model args ({problem}); the checkpoint and its "
-            "model_args disagree"
-        )
-    model.init_buffers()
-    return model.eval()
+    """A plain fp32 CPU GPT from ModelArgs fields and a full state dict; ValueError names `source`.
+
+    One implementation for the whole package: torchgpt.checkpoint.loading.build_model.
+    """
+    from torchgpt.checkpoint.loading import build_model
+
+    return build_model(model_args, state_dict, source=source, dtype=torch.float32)
 
 
 def _load_dcp(folder: Path) -> tuple[dict, dict[str, Any]]:
