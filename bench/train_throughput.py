@@ -252,7 +252,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per setting (compile)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     p.add_argument("--steps", type=int, default=2, help="timed steps per setting and round")
-    p.add_argument("--matmul-repeats", type=int, default=5)
+    p.add_argument("--matmul-repeats", type=int, default=3)
     p.add_argument("--no-malloc-tuning", action="store_true", help="keep glibc's defaults")
     p.add_argument(
         "--profile", action="store_true", help="torch.profiler table of the last setting"
@@ -273,17 +273,12 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
         f"malloc {malloc}, load average {os.getloadavg()[0]:.1f} at start"
     )
-    bf16_peak = square_ceiling(torch.bfloat16, (2048, 4096), cli.matmul_repeats)
     with tempfile.TemporaryDirectory() as tmp:
         data = cli.data or prepare_data(Path(tmp))
         trainers = {n: build_trainer(n, data, tmp, cli) for n in names}
-        args = next(iter(trainers.values())).model_args
-        fpt = next(iter(trainers.values())).flops_per_token
+        first = next(iter(trainers.values()))
+        args, fpt = first.model_args, first.flops_per_token
         tokens = cli.micro_batch_size * cli.seq_len
-        shape_peak, step_flops = shape_ceiling(
-            args, cli.micro_batch_size, cli.seq_len, cli.matmul_repeats
-        )
-        assert abs(step_flops - fpt * tokens) < 1e-6 * step_flops, (step_flops, fpt * tokens)
         print(
             f"model {cli.flavor}: {num_matmul_params(args):,} matmul params, "
             f"{fpt / 1e6:.1f} MFLOP/token at seq {cli.seq_len}; step = {cli.micro_batch_size} x "
@@ -295,33 +290,41 @@ def main() -> None:
                 trainer.train_step()
             trainer.timer.pop()
             print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s for {cli.warmup} steps")
-        results: dict[str, list[dict]] = {n: [] for n in names}
-        for r in range(cli.rounds):
-            for name, trainer in trainers.items():
-                results[name] += [timed_step(trainer) for _ in range(cli.steps)]
-            print(
-                f"  round {r + 1}: "
-                + ", ".join(
-                    f"{n} {min(s['wall'] for s in results[n][-cli.steps :]):.2f} s" for n in names
-                )
-                + f"; load average {os.getloadavg()[0]:.1f}"
-            )
-        # The ceiling again after the runs: the best of both is the denominator (conservative).
-        bf16_peak = max(bf16_peak, square_ceiling(torch.bfloat16, (2048, 4096), cli.matmul_repeats))
-        shape_peak = max(
-            shape_peak,
-            shape_ceiling(args, cli.micro_batch_size, cli.seq_len, cli.matmul_repeats)[0],
-        )
+        results, bf16_peak, shape_peak = run_rounds(trainers, cli, fpt * tokens)
         print(
             f"bf16 matmul ceiling (square 2048/4096): {bf16_peak / 1e9:.0f} GFLOP/s; "
-            f"model-shape bf16 ceiling: {shape_peak / 1e9:.0f} GFLOP/s; "
-            f"load average {os.getloadavg()[0]:.1f} at end"
+            f"model-shape bf16 ceiling: {shape_peak / 1e9:.0f} GFLOP/s (best of "
+            f"{cli.rounds} rounds); load average {os.getloadavg()[0]:.1f} at end"
         )
         report(results, fpt, tokens, bf16_peak, shape_peak)
         if cli.profile:
             profile_steps(trainers[names[-1]], 2, 30)
         for trainer in trainers.values():
             trainer.close()
+
+
+def run_rounds(
+    trainers: dict[str, Trainer], cli: argparse.Namespace, step_flops: float
+) -> tuple[dict[str, list[dict]], float, float]:
+    """Interleave the settings' steps and both ceilings; (step records, best ceilings)."""
+    args, mb, seq = next(iter(trainers.values())).model_args, cli.micro_batch_size, cli.seq_len
+    results: dict[str, list[dict]] = {n: [] for n in trainers}
+    bf16_peak = shape_peak = 0.0
+    for r in range(cli.rounds):
+        # The ceilings in every round too, so they see the same load as the steps; the best
+        # of all rounds is the denominator (the conservative choice for MFU).
+        bf16_peak = max(bf16_peak, square_ceiling(torch.bfloat16, (2048, 4096), cli.matmul_repeats))
+        peak, flops = shape_ceiling(args, mb, seq, cli.matmul_repeats)
+        assert abs(flops - step_flops) < 1e-6 * flops, (flops, step_flops)
+        shape_peak = max(shape_peak, peak)
+        for name, trainer in trainers.items():
+            results[name] += [timed_step(trainer) for _ in range(cli.steps)]
+        walls = [f"{n} {min(s['wall'] for s in results[n][-cli.steps :]):.2f} s" for n in trainers]
+        print(
+            f"  round {r + 1}: {', '.join(walls)}; ceilings {bf16_peak / 1e9:.0f} / "
+            f"{shape_peak / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}"
+        )
+    return results, bf16_peak, shape_peak
 
 
 if __name__ == "__main__":
