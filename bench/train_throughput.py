@@ -197,7 +197,8 @@ def profile_steps(trainer: Trainer, steps: int, rows: int) -> None:
 
 
 # ---- report -------------------------------------------------------------------------------
-def report(results: dict, fpt: int, tokens: int, bf16_peak: float, shape_peak: float) -> None:
+def report(results: dict, fpt: int, tokens: int, peaks: dict[str, float]) -> None:
+    bf16_peak, shape_peak = peaks["bf16"], peaks["shapes"]
     base = min(s["wall"] for s in results[BASELINE]) if BASELINE in results else None
     print(
         f"\n{'setting':<20}{'tok/s':>8}{'step ms':>9}{'GFLOP/s':>9}{'MFU':>7}{'MFU shp':>8}"
@@ -229,6 +230,13 @@ def report(results: dict, fpt: int, tokens: int, bf16_peak: float, shape_peak: f
         print(
             f", {speedup:.2f}x eager fp32 (target >= {TARGET_SPEEDUP}x: "
             f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'})"
+        )
+        # Even at 100% of the bf16 ceiling a step could not beat eager fp32 by more than this.
+        fp32_flops = tokens / base * fpt
+        print(
+            f"eager fp32 runs at {fp32_flops / 1e9:.0f} GFLOP/s = "
+            f"{100 * fp32_flops / peaks['fp32']:.0f}% of the fp32 square ceiling; "
+            f"speedup bound at 100% bf16 MFU: {bf16_peak / fp32_flops:.2f}x"
         )
     else:
         print()
@@ -290,13 +298,13 @@ def main() -> None:
                 trainer.train_step()
             trainer.timer.pop()
             print(f"  warm-up {name}: {time.perf_counter() - start:.1f} s for {cli.warmup} steps")
-        results, bf16_peak, shape_peak = run_rounds(trainers, cli, fpt * tokens)
+        results, peaks = run_rounds(trainers, cli, fpt * tokens)
         print(
-            f"bf16 matmul ceiling (square 2048/4096): {bf16_peak / 1e9:.0f} GFLOP/s; "
-            f"model-shape bf16 ceiling: {shape_peak / 1e9:.0f} GFLOP/s (best of "
-            f"{cli.rounds} rounds); load average {os.getloadavg()[0]:.1f} at end"
+            f"matmul ceilings, best of {cli.rounds} rounds: bf16 square 2048/4096 "
+            f"{peaks['bf16'] / 1e9:.0f} GFLOP/s, bf16 model shapes {peaks['shapes'] / 1e9:.0f}, "
+            f"fp32 square {peaks['fp32'] / 1e9:.0f}; load average {os.getloadavg()[0]:.1f} at end"
         )
-        report(results, fpt, tokens, bf16_peak, shape_peak)
+        report(results, fpt, tokens, peaks)
         if cli.profile:
             profile_steps(trainers[names[-1]], 2, 30)
         for trainer in trainers.values():
@@ -305,26 +313,28 @@ def main() -> None:
 
 def run_rounds(
     trainers: dict[str, Trainer], cli: argparse.Namespace, step_flops: float
-) -> tuple[dict[str, list[dict]], float, float]:
+) -> tuple[dict[str, list[dict]], dict[str, float]]:
     """Interleave the settings' steps and both ceilings; (step records, best ceilings)."""
     args, mb, seq = next(iter(trainers.values())).model_args, cli.micro_batch_size, cli.seq_len
     results: dict[str, list[dict]] = {n: [] for n in trainers}
-    bf16_peak = shape_peak = 0.0
+    peaks = {"bf16": 0.0, "shapes": 0.0, "fp32": 0.0}
     for r in range(cli.rounds):
         # The ceilings in every round too, so they see the same load as the steps; the best
         # of all rounds is the denominator (the conservative choice for MFU).
-        bf16_peak = max(bf16_peak, square_ceiling(torch.bfloat16, (2048, 4096), cli.matmul_repeats))
+        for key, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            square = square_ceiling(dtype, (2048, 4096), cli.matmul_repeats)
+            peaks[key] = max(peaks[key], square)
         peak, flops = shape_ceiling(args, mb, seq, cli.matmul_repeats)
         assert abs(flops - step_flops) < 1e-6 * flops, (flops, step_flops)
-        shape_peak = max(shape_peak, peak)
+        peaks["shapes"] = max(peaks["shapes"], peak)
         for name, trainer in trainers.items():
             results[name] += [timed_step(trainer) for _ in range(cli.steps)]
         walls = [f"{n} {min(s['wall'] for s in results[n][-cli.steps :]):.2f} s" for n in trainers]
         print(
-            f"  round {r + 1}: {', '.join(walls)}; ceilings {bf16_peak / 1e9:.0f} / "
-            f"{shape_peak / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}"
+            f"  round {r + 1}: {', '.join(walls)}; bf16 ceilings {peaks['bf16'] / 1e9:.0f} / "
+            f"{peaks['shapes'] / 1e9:.0f} GFLOP/s; load average {os.getloadavg()[0]:.1f}"
         )
-    return results, bf16_peak, shape_peak
+    return results, peaks
 
 
 if __name__ == "__main__":
