@@ -85,7 +85,7 @@ class Optimizer:
     weight_decay: float = 0.1
     """Decoupled weight decay, applied to >= 2-D weights only (not biases, norms)."""
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
-    """AdamW kernel: auto = fused on CUDA, foreach elsewhere."""
+    """AdamW kernel: auto = fused on CUDA and CPU, foreach elsewhere."""
 
 
 @dataclass
