@@ -23,7 +23,6 @@ kernel must fault in and zero, ~10% of the CPU time of a bf16 step. That is a pr
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import resource
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from torchgpt.config_manager import load_config
+from torchgpt.hardware import tune_host_malloc
 from torchgpt.model.args import ModelArgs, num_matmul_params
 from torchgpt.train import Trainer
 
@@ -56,16 +56,6 @@ SETTINGS: dict[str, list[str]] = {
     ],
 }
 BASELINE, TARGET_MFU, TARGET_SPEEDUP = "eager-fp32", 0.55, 3.5
-
-
-def tune_malloc() -> bool:
-    """Keep freed large blocks in glibc's heap for reuse (no mmap, no trim); False if not glibc."""
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 # ---- ceilings -----------------------------------------------------------------------------
@@ -276,7 +266,7 @@ def main() -> None:
     unknown = [n for n in names if n not in SETTINGS]
     if unknown:
         raise SystemExit(f"unknown setting(s) {unknown}; known: {sorted(SETTINGS)}")
-    malloc = "glibc defaults" if cli.no_malloc_tuning or not tune_malloc() else "no mmap/trim"
+    malloc = "glibc defaults" if cli.no_malloc_tuning or not tune_host_malloc() else "no mmap/trim"
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, "
         f"malloc {malloc}, load average {os.getloadavg()[0]:.1f} at start"

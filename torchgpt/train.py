@@ -26,13 +26,14 @@ from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, R
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import dump_config, help_text, load_config
 from torchgpt.data.loader import TrainLoader, build_val_batches
-from torchgpt.hardware import detect_peak_tflops
+from torchgpt.hardware import detect_peak_tflops, tune_host_malloc
 from torchgpt.metrics import MetricsLogger, StepTimer, peak_memory_gib
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
 from torchgpt.model.gpt import GPT
 from torchgpt.optim import build_lr_scheduler, build_optimizer
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.parallel.parallelize import parallelize_gpt
+from torchgpt.provenance import record_launch
 
 logger = logging.getLogger("torchgpt")
 
@@ -140,8 +141,22 @@ class Trainer:
         if cfg.job.deterministic:
             torch.use_deterministic_algorithms(True)
         self.bf16 = cfg.training.mixed_precision == "bf16"
+        self._log_file = None
         if self.rank == 0:
             dump_config(cfg, self.run_dir / "config.json")
+            # The run directory carries its own log and a record of every launch (command,
+            # machine, versions), so a report made from it can cite both.
+            self._log_file = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+            self._log_file.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            )
+            logging.getLogger("torchgpt").addHandler(self._log_file)
+            record_launch(
+                self.run_dir,
+                world_size=self.world_size,
+                device=str(self.device),
+                parallelism=str(self.dims),
+            )
         logger.info(
             "torch %s, device %s, world size %d, dims %s",
             torch.__version__,
@@ -550,6 +565,10 @@ class Trainer:
 
     def close(self) -> None:
         self.metrics.close()
+        if self._log_file is not None:
+            logging.getLogger("torchgpt").removeHandler(self._log_file)
+            self._log_file.close()
+            self._log_file = None
 
 
 def _init_distributed() -> None:
@@ -575,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
         if int(os.environ.get("RANK", "0")) == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    if not torch.cuda.is_available():
+        tune_host_malloc()  # CPU runs: reuse freed activation blocks (see hardware.py)
     _init_distributed()
     trainer = Trainer(cfg)
     try:

@@ -79,6 +79,13 @@ def test_debug_config_two_processes(astro_shards, tmp_path):
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["training"]["steps"] == 12 and cfg["model"]["flavor"] == "debug"
     assert "step     12/12" in proc.stdout + proc.stderr
+    # The run directory has its own log and a record of the launch (command, machine).
+    log = (run_dir / "train.log").read_text()
+    assert "step     12/12" in log and "checkpoint step 12 ->" in log
+    (launch,) = json.loads((run_dir / "run_info.json").read_text())["launches"]
+    assert launch["world_size"] == 2 and launch["device"] == "cpu"
+    assert "train_configs/debug_model.toml" in launch["command"]
+    assert launch["host"]["num_cpus"] == os.cpu_count() and launch["versions"]["torch"]
 
 
 def test_mini_gpt_100m_recipe_two_real_steps(astro_shards, tmp_path):

@@ -136,6 +136,26 @@ def test_model_card_figures_come_from_the_files(run_dir):
     assert "throughput at the last log: 2,048 tokens/s" in card
     assert "optimizer: lr=0.0006, weight_decay=0.1" in card and "peak memory" in card
     assert "## Limitations and biases" in card and "## Intended use" in card
+    assert "training machine" not in card  # no run_info.json: only the eval machine is known
+    assert "- evaluation machine: Test CPU (2 CPUs)" in card
+
+
+def test_model_card_names_the_training_machine_and_run_files(run_dir):
+    launch = {
+        "started_at": "2026-01-01T00:00:00+00:00",
+        "command": "train.py cfg.toml --training.steps 800",
+        "host": {"cpu": "Host CPU", "num_cpus": 96, "cuda": "NVIDIA H100", "cuda_devices": 8},
+        "world_size": 8,
+        "device": "cuda:0",
+    }
+    (run_dir / "run_info.json").write_text(json.dumps({"launches": [launch]}))
+    (run_dir / "train.log").write_text("step 800/800\n")
+    paths = build_report(run_dir)
+    card = paths["MODEL_CARD.md"].read_text()
+    assert "- training machine: NVIDIA H100 x8 (host CPU Host CPU (96 CPUs)), 8 process(es)" in card
+    bench = paths["BENCHMARK.md"].read_text()
+    assert f"`{run_dir / 'train.log'}`" in bench and f"`{run_dir / 'config.json'}`" in bench
+    assert "train.py cfg.toml --training.steps 800" in bench
 
 
 def test_errors_and_the_cli(tmp_path, run_dir, capsys):

@@ -20,12 +20,12 @@ from torchgpt.eval.results import (
     SCHEMA_VERSION,
     environment_info,
     eval_json_path,
-    now_iso,
     write_eval_json,
 )
 from torchgpt.eval.samples import generate_samples, load_prompts, settings_dict
 from torchgpt.eval.tasks import DEFAULT_TASKS
 from torchgpt.model import num_params
+from torchgpt.provenance import now_iso
 
 logger = logging.getLogger(__name__)
 

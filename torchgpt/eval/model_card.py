@@ -56,10 +56,24 @@ def _compute(data: ReportData) -> list[str]:
     parallel = data.config.get("parallelism") or {}
     if parallel:
         lines.append("- parallelism: " + ", ".join(f"{k}={v}" for k, v in parallel.items()))
+    if data.launches:
+        launch = data.launches[-1]
+        lines.append(
+            f"- training machine: {machine_label(launch.get('host') or {})}, "
+            f"{launch.get('world_size')} process(es) on {launch.get('device')}"
+        )
     hw = (data.final or {}).get("hardware") or {}
     if hw:
-        lines.append(f"- evaluation machine: {hw.get('cpu')} ({hw.get('num_cpus')} CPUs)")
+        lines.append(f"- evaluation machine: {machine_label(hw)}")
     return lines
+
+
+def machine_label(host: dict[str, Any]) -> str:
+    """'NVIDIA H100 x8 (host CPU ..., 96 CPUs)' or 'AMD EPYC (2 CPUs)'."""
+    cpu = f"{host.get('cpu')} ({host.get('num_cpus')} CPUs)"
+    if host.get("cuda"):
+        return f"{host['cuda']} x{host.get('cuda_devices') or 1} (host CPU {cpu})"
+    return cpu
 
 
 def _data(data: ReportData) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 
 from torchgpt.eval.loading import CONFIG_NAME, read_metrics
 from torchgpt.eval.results import EVAL_DIR_NAME, read_eval_records
+from torchgpt.provenance import RUN_INFO_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ class ReportData:
     """config.json, else the config stored with the newest eval result."""
     manifest: dict[str, Any] | None = None
     """manifest.json of the training data when it can be read."""
+    run_info: dict[str, Any] | None = None
+    """run_info.json: one entry per training launch (command, machine, versions)."""
 
     @property
     def train_points(self) -> list[dict[str, Any]]:
@@ -54,6 +57,12 @@ class ReportData:
     @property
     def name(self) -> str:
         return (self.config.get("job") or {}).get("name") or self.run_dir.name
+
+    @property
+    def launches(self) -> list[dict[str, Any]]:
+        """Training launches from run_info.json, oldest first (empty for older runs)."""
+        launches = (self.run_info or {}).get("launches")
+        return [x for x in launches if isinstance(x, dict)] if isinstance(launches, list) else []
 
     @property
     def final(self) -> dict[str, Any] | None:
@@ -90,7 +99,8 @@ def load_report_data(run_dir: str | Path, eval_dir: str | Path | None = None) ->
     dataset = (config.get("data") or {}).get("dataset_path")
     if dataset:
         manifest = _read_json(Path(dataset) / "manifest.json")
-    return ReportData(run_dir, records, metrics, config or {}, manifest)
+    run_info = _read_json(run_dir / RUN_INFO_NAME)
+    return ReportData(run_dir, records, metrics, config or {}, manifest, run_info)
 
 
 BEGIN_MARK = "<!-- tools/report.py: begin -->"

@@ -111,6 +111,17 @@ def _provenance(data: ReportData) -> list[str]:
     lines += ["Commands (each evaluation JSON records the command that wrote it):", "", "```sh"]
     lines += _unique([r.get("command") for r in data.records]) or ["(no eval results)"]
     lines += [f"python tools/report.py {data.run_dir}", "```", ""]
+    run_files = [
+        f"`{data.run_dir / name}`"
+        for name in ("config.json", "metrics.jsonl", "train.log", "run_info.json")
+        if (data.run_dir / name).exists()
+    ]
+    if run_files:
+        lines += ["Training run files: " + ", ".join(run_files) + ".", ""]
+    if data.launches:
+        lines += ["Training launches (run_info.json):", "", "```sh"]
+        lines += [f"# {x.get('started_at')}\n{x.get('command')}" for x in data.launches]
+        lines += ["```", ""]
     final = data.final or {}
     for title, key in (("Versions", "versions"), ("Evaluation hardware", "hardware")):
         lines += [f"{title} (from {checkpoint_label(final) if final else '-'}.json):", ""]

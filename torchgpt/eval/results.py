@@ -11,11 +11,11 @@ import logging
 import os
 import platform
 import re
-import subprocess
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+from torchgpt.provenance import git_commit, host_info
 
 logger = logging.getLogger(__name__)
 
@@ -32,31 +32,6 @@ def eval_json_path(out_dir: str | Path, step: int | None, name: str | None = Non
     return Path(out_dir) / f"{stem}.json"
 
 
-def _git_commit() -> str | None:
-    repo = Path(__file__).resolve().parents[2]
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def environment_info() -> dict[str, Any]:
     """Library versions and the machine the evaluation ran on."""
     import torch
@@ -70,19 +45,8 @@ def environment_info() -> dict[str, Any]:
             except ImportError:
                 continue
         versions[name] = getattr(module, "__version__", None)
-    versions["git_commit"] = _git_commit()
-    hardware = {
-        "cpu": _cpu_name(),
-        "num_cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "platform": platform.platform(),
-    }
-    return {"versions": versions, "hardware": hardware}
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    versions["git_commit"] = git_commit()
+    return {"versions": versions, "hardware": host_info()}
 
 
 def write_eval_json(path: Path, record: dict[str, Any]) -> Path:
