@@ -123,8 +123,8 @@ FLAVORS: dict[str, ModelArgs] = {
     # CPU-sized models for a 60-90 minute reference run.
     "gpt2-d128-l4": ModelArgs(dim=128, n_layers=4, n_heads=2, **_GPT2),
     "gpt2-d128-l6": ModelArgs(dim=128, n_layers=6, n_heads=2, **_GPT2),
+    "modern-d128-l4": ModelArgs(dim=128, n_layers=4, n_heads=2, **_MODERN),
     "gpt2-d192-l4": ModelArgs(dim=192, n_layers=4, n_heads=3, **_GPT2),
-    "modern-d192-l4": ModelArgs(dim=192, n_layers=4, n_heads=3, **_MODERN),
     "gpt2-d256-l4": ModelArgs(dim=256, n_layers=4, n_heads=4, **_GPT2),
     "gpt2-d384-l6": ModelArgs(dim=384, n_layers=6, n_heads=6, **_GPT2),
     "modern-d384-l6": ModelArgs(dim=384, n_layers=6, n_heads=6, **_MODERN),
