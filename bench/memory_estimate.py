@@ -4,6 +4,7 @@
   python bench/memory_estimate.py                 # both tables (~15-25 min on 2 cores)
   python bench/memory_estimate.py --only cpu      # estimate vs real step only
   python bench/memory_estimate.py --only gpu      # mini_gpt_100m on 1xH100, 4xA100-80G, 2xRTX4090
+  python bench/memory_estimate.py --only recipe   # mini_gpt_100m's own real step here (2 procs)
   python bench/memory_estimate.py --with-tracker  # also MemTracker on the real tensors
 
 CPU table: for the debug config and the bench config (bench-30m flavor, seq 512, micro-batch
@@ -42,6 +43,13 @@ BENCH = (
         "--training.global_batch_tokens=16384",
     ],
 )
+# The 100M recipe itself, shrunk only in batch (2 x 1024 tokens per rank, one micro-step) so a
+# real step fits this machine: its own model, sequence length and AC mode.
+RECIPE = (
+    "mini_gpt_100m",
+    "train_configs/mini_gpt_100m.toml",
+    ["--training.micro_batch_size=2", "--training.global_batch_tokens=4096"],
+)
 GPU_LAYOUTS = (("h100", 1), ("a100-80g", 4), ("rtx4090", 2))
 
 
@@ -52,7 +60,11 @@ def _plan(path: str, overrides: list[str], nproc: int, ac: str) -> TrainingPlan:
     return TrainingPlan.from_config(cfg, nproc)
 
 
-def cpu_table(with_tracker: bool) -> None:
+def cpu_table(with_tracker: bool, cases=None) -> None:
+    """cases: (config, nprocs, AC modes) triples; default debug and bench at 1 and 2 processes."""
+    if cases is None:
+        modes = ("none", "selective", "full")
+        cases = [(DEBUG, (1, 2), modes), (BENCH, (1, 2), modes)]
     head = (
         f"| config | procs | AC | accum | analytic MiB | traced MiB | real MiB | "
         f"traced err | analytic err |{' tracker-on-real MiB |' if with_tracker else ''} "
@@ -61,9 +73,9 @@ def cpu_table(with_tracker: bool) -> None:
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     worst_t = worst_a = 0.0
-    for name, path, overrides in (DEBUG, BENCH):
-        for nproc in (1, 2):
-            for ac in ("none", "selective", "full"):
+    for (name, path, overrides), nprocs, modes in cases:
+        for nproc in nprocs:
+            for ac in modes:
                 start = time.perf_counter()
                 plan = _plan(path, overrides, nproc, ac)
                 analytic = analytic_memory(plan).peak_bytes
@@ -112,9 +124,12 @@ def gpu_table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("cpu", "gpu"))
+    parser.add_argument("--only", choices=("cpu", "gpu", "recipe"))
     parser.add_argument("--with-tracker", action="store_true")
     args = parser.parse_args()
+    if args.only == "recipe":  # mini_gpt_100m.toml's real step here against its estimates
+        cpu_table(args.with_tracker, [(RECIPE, (2,), ("selective", "none"))])
+        return
     if args.only != "gpu":
         cpu_table(args.with_tracker)
     if args.only != "cpu":

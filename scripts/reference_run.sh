@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Reproduce the reference run of WRITEUP.md: prepare -> lr range test -> train -> evaluate every
+# checkpoint -> equal-time architecture ablation -> report. About 2.5 hours on a 2-core CPU.
+#
+#   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh          # everything
+#   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh eval     # from one stage on
+#
+# Stages: prepare, sizing, lr_range, train, eval, ablation, report. Each writes under outputs/ (never
+# committed) except `report`, which copies the run's small files (config, metrics, log, launch
+# record, eval results) to reference/ and writes MODEL_CARD.md, BENCHMARK.md (its marked
+# section), LOSS_CURVE.png and SAMPLES.md at the top level.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SHARED=${TORCHGPT_SHARED_DIR:?set TORCHGPT_SHARED_DIR to a folder with data/text/openstax, tokenizers/gpt2 and data/eval}
+export TORCHGPT_GPT2_BPE_DIR="$SHARED/tokenizers/gpt2" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+CFG=train_configs/reference_cpu.toml
+DATA=data/openstax
+RUN=outputs/reference
+TORCHRUN=(python -m torch.distributed.run --standalone --nproc_per_node 2)
+
+# The ablation: both architectures get the same wall-clock budget (10 minutes of training),
+# so each gets the steps its own throughput buys (32,768-token steps at the tokens/s measured
+# by a 12-step probe of each: WRITEUP.md, "The ablation").
+ABLATION_STEPS_GPT2=${ABLATION_STEPS_GPT2:-88}
+ABLATION_STEPS_MODERN=${ABLATION_STEPS_MODERN:-88}
+
+stages=(prepare sizing lr_range train eval ablation report)
+start=${1:-prepare}
+run_stage() {
+  local found=0
+  for s in "${stages[@]}"; do
+    [ "$s" = "$start" ] && found=1
+    [ "$s" = "$1" ] && { [ $found = 1 ] && return 0 || return 1; }
+  done
+  return 1
+}
+case " ${stages[*]} " in *" $start "*) ;; *) echo "unknown stage '$start'; one of: ${stages[*]}" >&2; exit 2 ;; esac
+
+if run_stage prepare; then
+  echo "== prepare: OpenStax parquet -> $DATA"
+  python tools/prepare_data.py --out "$DATA" --input "$SHARED/data/text/openstax"
+fi
+
+probe() {  # NAME NPROC FLAVOR [overrides]: 12 steps, tokens/s at steps 4, 8 and 12
+  local name=$1 nproc=$2 flavor=$3
+  shift 3
+  NGPU=$nproc ./run_train.sh train_configs/debug_model.toml --job.dump_folder outputs/sizing \
+    --job.name "$name" --model.flavor "$flavor" --data.dataset_path "$DATA" --training.steps 12 \
+    --training.seq_len 512 --training.micro_batch_size 16 --training.global_batch_tokens 32768 \
+    --compile.enable true --checkpoint.enable false --validation.enable false \
+    --metrics.log_freq 4 --metrics.enable_tensorboard false "$@"
+}
+
+if run_stage sizing; then
+  echo "== sizing: throughput of candidate sizes (WRITEUP.md, 'Sizing by Chinchilla')"
+  probe d192_1p 1 gpt2-d192-l4
+  probe d192_2p 2 gpt2-d192-l4
+  probe d128l4_2p 2 gpt2-d128-l4
+  probe d128l6_2p 2 gpt2-d128-l6
+  probe d128l4_2p_mb32 2 gpt2-d128-l4 --training.micro_batch_size 32 \
+    --training.global_batch_tokens 65536
+fi
+
+if run_stage lr_range; then
+  echo "== lr range test (60 steps, lr 1e-5 -> 1e-1, 16K-token steps)"
+  "${TORCHRUN[@]}" tools/lr_range_test.py "$CFG" --steps 60 --min-lr 1e-5 --max-lr 1e-1 \
+    --out outputs/lr_range --training.global_batch_tokens 16384
+fi
+
+if run_stage train; then
+  echo "== train: FSDP2 over 2 processes, bf16, compile ($CFG)"
+  NGPU=2 ./run_train.sh "$CFG"
+fi
+
+if run_stage eval; then
+  echo "== evaluate every checkpoint on the full local sets (two at a time, one thread each)"
+  pids=()
+  for ckpt in "$RUN"/checkpoints/step-*; do
+    OMP_NUM_THREADS=1 python tools/eval.py "$ckpt" --data "$DATA" --data-dir "$SHARED/data/eval" \
+      >"$ckpt.eval.log" 2>&1 &
+    pids+=($!)
+    if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
+  done
+  for p in "${pids[@]}"; do wait "$p"; done
+fi
+
+if run_stage ablation; then
+  echo "== ablation: gpt2 vs modern at an equal wall-clock budget"
+  common=(--checkpoint.enable false --validation.interval 11 --lr_scheduler.warmup_steps 9)
+  NGPU=2 ./run_train.sh "$CFG" --job.name ablation-gpt2 --model.flavor gpt2-d128-l4 \
+    --training.steps "$ABLATION_STEPS_GPT2" "${common[@]}"
+  NGPU=2 ./run_train.sh "$CFG" --job.name ablation-modern --model.flavor modern-d128-l4 \
+    --training.steps "$ABLATION_STEPS_MODERN" "${common[@]}"
+  python tools/compare_runs.py outputs/ablation-gpt2 outputs/ablation-modern \
+    --out outputs/ablation
+fi
+
+if run_stage report; then
+  echo "== report"
+  mkdir -p reference/run reference/ablation reference/sizing
+  for d in outputs/sizing/*/; do
+    mkdir -p "reference/sizing/$(basename "$d")"
+    cp "$d"/config.json "$d"/metrics.jsonl "reference/sizing/$(basename "$d")/"
+  done
+  cp "$RUN"/{config.json,metrics.jsonl,train.log,run_info.json} reference/run/
+  rm -rf reference/run/eval && cp -r "$RUN"/eval reference/run/eval
+  cp outputs/lr_range/lr_range_test.{json,png} reference/
+  cp outputs/ablation.{json,png} reference/
+  for name in ablation-gpt2 ablation-modern; do
+    mkdir -p "reference/ablation/$name"
+    cp outputs/$name/{config.json,metrics.jsonl,train.log,run_info.json} "reference/ablation/$name/"
+  done
+  python tools/report.py reference/run --out .
+fi
+echo "done"
