@@ -4,6 +4,7 @@
 #
 #   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh          # everything
 #   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh eval     # from one stage on
+#   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh eval eval  # one stage (FROM TO)
 #
 # Stages: prepare, sizing, lr_range, train, eval, ablation, report. Each writes under outputs/ (never
 # committed) except `report`, which copies the run's small files (config, metrics, log, launch
@@ -27,15 +28,19 @@ ABLATION_STEPS_MODERN=${ABLATION_STEPS_MODERN:-88}
 
 stages=(prepare sizing lr_range train eval ablation report)
 start=${1:-prepare}
-run_stage() {
-  local found=0
+stop=${2:-report}
+for s in "$start" "$stop"; do
+  case " ${stages[*]} " in *" $s "*) ;; *) echo "unknown stage '$s'; one of: ${stages[*]}" >&2; exit 2 ;; esac
+done
+run_stage() {  # true when $1 lies between $start and $stop (inclusive) in stage order
+  local inside=0
   for s in "${stages[@]}"; do
-    [ "$s" = "$start" ] && found=1
-    [ "$s" = "$1" ] && { [ $found = 1 ] && return 0 || return 1; }
+    [ "$s" = "$start" ] && inside=1
+    [ "$s" = "$1" ] && return $((1 - inside))
+    [ "$s" = "$stop" ] && inside=0
   done
   return 1
 }
-case " ${stages[*]} " in *" $start "*) ;; *) echo "unknown stage '$start'; one of: ${stages[*]}" >&2; exit 2 ;; esac
 
 if run_stage prepare; then
   echo "== prepare: OpenStax parquet -> $DATA"
@@ -60,6 +65,7 @@ if run_stage sizing; then
   probe d128l6_2p 2 gpt2-d128-l6
   probe d128l4_2p_mb32 2 gpt2-d128-l4 --training.micro_batch_size 32 \
     --training.global_batch_tokens 65536
+  probe modern_d128l4_2p 2 modern-d128-l4  # sets the modern arm's steps in the ablation
 fi
 
 if run_stage lr_range; then

@@ -20,9 +20,12 @@ import shlex
 import sys
 from pathlib import Path
 
+import torch
+
 from torchgpt.eval.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from torchgpt.eval.loading import is_run_dir, list_checkpoints
 from torchgpt.eval.results import EVAL_DIR_NAME, eval_json_path
+from torchgpt.hardware import tune_host_malloc
 
 
 def _count(text: str) -> int:
@@ -106,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if args.data_dir:  # local data only: never wait on a network timeout
             os.environ.setdefault(var, "1")
+    if not torch.cuda.is_available():
+        tune_host_malloc()  # CPU: reuse freed logits buffers (sys time 33% -> 6% of the run)
     options = _options(args, argv)
     target = Path(args.checkpoint)
     try:

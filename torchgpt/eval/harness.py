@@ -25,6 +25,7 @@ from lm_eval.models.utils import (
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import Tensor
+from tqdm import tqdm
 
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
 from torchgpt.eval.loading import check_vocab, load_model
@@ -199,11 +200,16 @@ class TorchGPTLM(TemplateLM):
         # Longest first, as the hf backend does: padding waste stays small within a batch.
         collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
         results = []
+        # Rate and ETA on stderr, like the harness's own backends (longest requests come first,
+        # so the early rate is the slowest).
+        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood requests")
         for chunk in collator.get_batched(n=self.batch_size):
             for request, answer in zip(chunk, self._score_chunk(chunk), strict=True):
                 results.append(answer)
                 if request[0] is not None:
                     self.cache_hook.add_partial("loglikelihood", request[0], answer)
+            progress.update(len(chunk))
+        progress.close()
         return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
