@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup test lint demo clean
+.PHONY: setup test lint demo reference clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: lint
 
 demo: setup
 	PATH="$(abspath $(BIN)):$$PATH" bash scripts/demo.sh
+
+# The reference run of WRITEUP.md (about 2.5 hours on 2 cores); needs TORCHGPT_SHARED_DIR.
+reference: setup
+	PATH="$(abspath $(BIN)):$$PATH" bash scripts/reference_run.sh
 
 clean:
 	rm -rf $(VENV) outputs/demo data/demo
