@@ -1,14 +1,19 @@
 """Test support: run a function in N gloo processes on CPU (OLMo-core's run_distributed_test shape).
 
 Each process joins a fresh process group on a free localhost port, runs `fn(*args)`, and tears the
-group down. An exception in any rank fails the caller with that rank's traceback.
+group down. An exception in any rank fails the caller with every failing rank's traceback: when
+one rank raises, its peers usually fail next (a collective loses its partner), and which failure
+torch.multiprocessing notices first is a race, so the root cause is always included.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import tempfile
+import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +27,9 @@ def find_free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, env: dict) -> None:
+def _worker(
+    rank: int, world_size: int, port: int, fn: Callable, args: tuple, env: dict, err_dir: str
+) -> None:
     os.environ.update(env)
     os.environ.update(
         RANK=str(rank),
@@ -37,6 +44,10 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, en
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(*args)
+    except BaseException:
+        # Written before the group is torn down, so before any peer can fail because of it.
+        Path(err_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
+        raise
     finally:
         dist.destroy_process_group()
 
@@ -48,10 +59,18 @@ def run_distributed_test(
 
     `fn` must be importable at module level (it is pickled into the children).
     """
-    mp.start_processes(
-        _worker,
-        args=(world_size, find_free_port(), fn, args, dict(env or {})),
-        nprocs=world_size,
-        join=True,
-        start_method="spawn",
-    )
+    with tempfile.TemporaryDirectory(prefix="torchgpt-dist-test-") as err_dir:
+        try:
+            mp.start_processes(
+                _worker,
+                args=(world_size, find_free_port(), fn, args, dict(env or {}), err_dir),
+                nprocs=world_size,
+                join=True,
+                start_method="spawn",
+            )
+        except Exception as e:
+            reports = sorted(Path(err_dir).glob("rank*.txt"))
+            if not reports:
+                raise
+            detail = "\n".join(f"--- {p.stem} ---\n{p.read_text()}" for p in reports)
+            raise RuntimeError(f"{e}\nevery failing rank's traceback:\n{detail}") from e
