@@ -81,14 +81,16 @@ fi
 
 if run_stage eval; then
   echo "== evaluate every checkpoint on the full local sets (two at a time, one thread each)"
+  mkdir -p "$RUN/eval_logs"
   pids=()
-  for ckpt in "$RUN"/checkpoints/step-*; do
+  for ckpt in "$RUN"/checkpoints/step-*/; do
+    ckpt=${ckpt%/}
     OMP_NUM_THREADS=1 python tools/eval.py "$ckpt" --data "$DATA" --data-dir "$SHARED/data/eval" \
-      >"$ckpt.eval.log" 2>&1 &
+      >"$RUN/eval_logs/$(basename "$ckpt").log" 2>&1 &
     pids+=($!)
     if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
   done
-  for p in "${pids[@]}"; do wait "$p"; done
+  for p in "${pids[@]}"; do wait "$p"; done  # set -e: a failed evaluation stops the script
 fi
 
 if run_stage ablation; then
