@@ -6,7 +6,7 @@
 #   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh eval     # from one stage on
 #   TORCHGPT_SHARED_DIR=../shared scripts/reference_run.sh eval eval  # one stage (FROM TO)
 #
-# Stages: prepare, sizing, lr_range, train, eval, ablation, report. Each writes under outputs/ (never
+# Stages: prepare, sizing, lr_range, train, eval, ablation, recipe, report. Each writes under outputs/ (never
 # committed) except `report`, which copies the run's small files (config, metrics, log, launch
 # record, eval results) to reference/ and writes MODEL_CARD.md, BENCHMARK.md (its marked
 # section), LOSS_CURVE.png and SAMPLES.md at the top level.
@@ -20,13 +20,13 @@ DATA=data/openstax
 RUN=outputs/reference
 TORCHRUN=(python -m torch.distributed.run --standalone --nproc_per_node 2)
 
-# The ablation: both architectures get the same wall-clock budget (10 minutes of training),
-# so each gets the steps its own throughput buys (32,768-token steps at the tokens/s measured
-# by a 12-step probe of each: WRITEUP.md, "The ablation").
+# The ablation: both architectures get the same wall-clock budget (6 minutes of training steps),
+# so each gets the steps its own throughput buys: 360 s x the mean tokens/s of its 12-step probe
+# (gpt2_d128l4_2p, modern_d128l4_2p in the sizing stage) / 32,768 tokens per step.
 ABLATION_STEPS_GPT2=${ABLATION_STEPS_GPT2:-88}
 ABLATION_STEPS_MODERN=${ABLATION_STEPS_MODERN:-88}
 
-stages=(prepare sizing lr_range train eval ablation report)
+stages=(prepare sizing lr_range train eval ablation recipe report)
 start=${1:-prepare}
 stop=${2:-report}
 for s in "$start" "$stop"; do
@@ -65,7 +65,9 @@ if run_stage sizing; then
   probe d128l6_2p 2 gpt2-d128-l6
   probe d128l4_2p_mb32 2 gpt2-d128-l4 --training.micro_batch_size 32 \
     --training.global_batch_tokens 65536
-  probe modern_d128l4_2p 2 modern-d128-l4  # sets the modern arm's steps in the ablation
+  # The ablation's two arms, probed back to back: their tokens/s set each arm's steps.
+  probe gpt2_d128l4_2p 2 gpt2-d128-l4
+  probe modern_d128l4_2p 2 modern-d128-l4
 fi
 
 if run_stage lr_range; then
@@ -95,13 +97,41 @@ fi
 
 if run_stage ablation; then
   echo "== ablation: gpt2 vs modern at an equal wall-clock budget"
-  common=(--checkpoint.enable false --validation.interval 11 --lr_scheduler.warmup_steps 9)
+  common=(--checkpoint.enable false --validation.interval 10 --lr_scheduler.warmup_steps 5)
   NGPU=2 ./run_train.sh "$CFG" --job.name ablation-gpt2 --model.flavor gpt2-d128-l4 \
     --training.steps "$ABLATION_STEPS_GPT2" "${common[@]}"
   NGPU=2 ./run_train.sh "$CFG" --job.name ablation-modern --model.flavor modern-d128-l4 \
     --training.steps "$ABLATION_STEPS_MODERN" "${common[@]}"
   python tools/compare_runs.py outputs/ablation-gpt2 outputs/ablation-modern \
     --out outputs/ablation
+fi
+
+if run_stage recipe; then
+  echo "== the 100M recipe: a few real steps here, memory against the estimate, GPU projections"
+  mkdir -p outputs/recipe
+  python bench/memory_estimate.py --only recipe | tee outputs/recipe/memory_estimate_recipe.txt
+  NGPU=2 ./run_train.sh train_configs/mini_gpt_100m.toml --data.dataset_path "$DATA" \
+    --job.dump_folder outputs/recipe --job.name mini_gpt_100m --training.steps 4 \
+    --training.micro_batch_size 2 --training.global_batch_tokens 4096 \
+    --lr_scheduler.warmup_steps 1 --checkpoint.enable false --validation.enable false \
+    --metrics.log_freq 1 --checkpoint.resume none
+  for layout in "h100 1" "a100-80g 4" "rtx4090 2"; do
+    set -- $layout
+    python tools/memory_estimate.py train_configs/mini_gpt_100m.toml --gpu "$1" --nproc "$2" \
+      --json > "outputs/recipe/estimate_${1}_x$2.json"
+  done
+  # Analytic peaks for the AC and FSDP/DDP trade-offs discussed in WRITEUP.md.
+  est=(python tools/memory_estimate.py train_configs/mini_gpt_100m.toml --no-trace --json)
+  for ac in none selective full; do
+    "${est[@]}" --gpu rtx4090 --nproc 2 --activation_checkpoint.mode $ac \
+      > "outputs/recipe/analytic_rtx4090_x2_fsdp_ac-$ac.json"
+  done
+  "${est[@]}" --gpu rtx4090 --nproc 2 --parallelism.data_parallel ddp \
+    > outputs/recipe/analytic_rtx4090_x2_ddp_ac-selective.json
+  for ac in none selective; do
+    "${est[@]}" --gpu h100 --nproc 1 --activation_checkpoint.mode $ac \
+      > "outputs/recipe/analytic_h100_x1_ac-$ac.json"
+  done
 fi
 
 if run_stage report; then
@@ -119,6 +149,9 @@ if run_stage report; then
     mkdir -p "reference/ablation/$name"
     cp outputs/$name/{config.json,metrics.jsonl,train.log,run_info.json} "reference/ablation/$name/"
   done
+  mkdir -p reference/recipe
+  cp outputs/recipe/*.txt outputs/recipe/*.json reference/recipe/
+  cp outputs/recipe/mini_gpt_100m/{config.json,metrics.jsonl,train.log} reference/recipe/
   python tools/report.py reference/run --out .
 fi
 echo "done"
