@@ -23,8 +23,8 @@ TORCHRUN=(python -m torch.distributed.run --standalone --nproc_per_node 2)
 # The ablation: both architectures get the same wall-clock budget (6 minutes of training steps),
 # so each gets the steps its own throughput buys: 360 s x the mean tokens/s of its 12-step probe
 # (gpt2_d128l4_2p, modern_d128l4_2p in the sizing stage) / 32,768 tokens per step.
-ABLATION_STEPS_GPT2=${ABLATION_STEPS_GPT2:-88}
-ABLATION_STEPS_MODERN=${ABLATION_STEPS_MODERN:-88}
+ABLATION_STEPS_GPT2=${ABLATION_STEPS_GPT2:-48}  # 360 s x 4,401 tokens/s / 32,768
+ABLATION_STEPS_MODERN=${ABLATION_STEPS_MODERN:-51}  # 360 s x 4,638 tokens/s / 32,768
 
 stages=(prepare sizing lr_range train eval ablation recipe report)
 start=${1:-prepare}
