@@ -153,6 +153,7 @@ def test_model_card_names_the_training_machine_and_run_files(run_dir):
     paths = build_report(run_dir)
     card = paths["MODEL_CARD.md"].read_text()
     assert "- training machine: NVIDIA H100 x8 (host CPU Host CPU (96 CPUs)), 8 process(es)" in card
+    assert f"`{run_dir / 'train.log'}`" in card and f"`{run_dir / 'config.json'}`" in card
     bench = paths["BENCHMARK.md"].read_text()
     assert f"`{run_dir / 'train.log'}`" in bench and f"`{run_dir / 'config.json'}`" in bench
     assert "train.py cfg.toml --training.steps 800" in bench

@@ -7,7 +7,13 @@ from __future__ import annotations
 from typing import Any
 
 from torchgpt.eval.report import ReportData
-from torchgpt.eval.report_md import benchmark_rows, checkpoint_label, fmt_float, fmt_int
+from torchgpt.eval.report_md import (
+    benchmark_rows,
+    checkpoint_label,
+    fmt_float,
+    fmt_int,
+    run_file_links,
+)
 
 _HPARAMS = (
     ("training", ("steps", "global_batch_tokens", "micro_batch_size", "seq_len")),
@@ -130,6 +136,11 @@ def render_model_card(data: ReportData) -> str:
         "## Compute",
         "",
         *_compute(data),
+        *(
+            ["- training run files: " + ", ".join(run_file_links(data))]
+            if run_file_links(data)
+            else []
+        ),
         "",
         "## Evaluation",
         "",

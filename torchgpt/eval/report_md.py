@@ -106,16 +106,18 @@ def _unique(values: list[Any]) -> list[Any]:
     return out
 
 
+def run_file_links(data: ReportData) -> list[str]:
+    """The training run's own files that exist (config, metrics, log, launch record)."""
+    names = ("config.json", "metrics.jsonl", "train.log", "run_info.json")
+    return [f"`{data.run_dir / n}`" for n in names if (data.run_dir / n).exists()]
+
+
 def _provenance(data: ReportData) -> list[str]:
     lines = ["## How these numbers were produced", ""]
     lines += ["Commands (each evaluation JSON records the command that wrote it):", "", "```sh"]
     lines += _unique([r.get("command") for r in data.records]) or ["(no eval results)"]
     lines += [f"python tools/report.py {data.run_dir}", "```", ""]
-    run_files = [
-        f"`{data.run_dir / name}`"
-        for name in ("config.json", "metrics.jsonl", "train.log", "run_info.json")
-        if (data.run_dir / name).exists()
-    ]
+    run_files = run_file_links(data)
     if run_files:
         lines += ["Training run files: " + ", ".join(run_files) + ".", ""]
     if data.launches:
