@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import torch.distributed as dist
@@ -43,15 +44,27 @@ BASE = [
 ]
 
 
-def run_trainer(data_dir: str, dump_folder: str, overrides: list[str]) -> None:
+def train_in_process(toml: str | None, args: list[str]) -> Path:
+    """Run the Trainer in this process on load_config(toml, args); returns RUN_DIR.
+
+    The Trainer installs SIGTERM/SIGINT handlers; pytest's own are restored afterwards.
+    """
     world = dist.get_world_size() if dist.is_initialized() else 1
-    args = BASE + ["--data.dataset_path", data_dir, "--job.dump_folder", dump_folder] + overrides
-    cfg = load_config(None, args, world_size=world)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    cfg = load_config(toml, args, world_size=world)
     trainer = Trainer(cfg)
     try:
         trainer.train()
     finally:
         trainer.close()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return cfg.run_dir
+
+
+def run_trainer(data_dir: str, dump_folder: str, overrides: list[str]) -> None:
+    args = BASE + ["--data.dataset_path", data_dir, "--job.dump_folder", dump_folder] + overrides
+    train_in_process(None, args)
 
 
 def read_metrics(run_dir: Path, key: str = "loss") -> list[float]:

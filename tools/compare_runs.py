@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from torchgpt.eval.loading import read_metrics
+from torchgpt.eval.report import logged_step_seconds
 from torchgpt.model.args import get_model_args, num_params
 
 
@@ -48,10 +49,7 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     flavor = config["model"]["flavor"]
     args = get_model_args(flavor, qk_norm=config["model"].get("qk_norm", False))
     start = _launch_time(run_dir) or metrics[0]["time"] - train[0].get("step_time_s", 0.0)
-    step_seconds, prev = 0.0, 0
-    for r in train:
-        step_seconds += r.get("step_time_s", 0.0) * (r["step"] - prev)
-        prev = r["step"]
+    step_seconds = logged_step_seconds(train)
     best = min(val, key=lambda r: r["val_loss"])
     return {
         "run": str(run_dir),

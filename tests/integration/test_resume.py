@@ -22,8 +22,7 @@ from pathlib import Path
 import pytest
 from torch.distributed.checkpoint import FileSystemWriter
 
-from torchgpt.config_manager import load_config
-from torchgpt.train import Trainer
+from tests.trainer_utils import train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "train_configs/debug_model.toml"
@@ -162,17 +161,10 @@ def complete(run_dir: Path, step: int) -> bool:
     return (run_dir / "checkpoints" / f"step-{step}" / "COMPLETE").is_file()
 
 
-def train_in_process(data_dir: Path, dump: Path) -> None:
-    """The same job in this process (1 rank), leaving pytest's signal handlers as they were."""
+def train_here(data_dir: Path, dump: Path) -> None:
+    """The same job in this process (1 rank)."""
     args = [*ARGS, "--data.dataset_path", str(data_dir), "--job.dump_folder", str(dump)]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    trainer = Trainer(load_config(str(REPO / CONFIG), args, world_size=1))
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+    train_in_process(str(REPO / CONFIG), args)
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +254,7 @@ def test_sigterm_on_one_rank_checkpoints_the_current_step_and_exits_0(
 @pytest.fixture(scope="module")
 def straight_one_process(astro_shards, tmp_path_factory) -> Path:
     dump = tmp_path_factory.mktemp("straight_1")
-    train_in_process(astro_shards, dump)
+    train_here(astro_shards, dump)
     return dump / "debug"
 
 
@@ -273,7 +265,7 @@ def test_resume_on_another_number_of_processes(
     source = straight if saved_on == 2 else request.getfixturevalue("straight_one_process")
     run_dir = copy_checkpoint(source, 10, tmp_path)
     if resumed_on == 1:
-        train_in_process(astro_shards, tmp_path)
+        train_here(astro_shards, tmp_path)
     else:
         assert "resumed from step 10" in Job(astro_shards, tmp_path, nproc=resumed_on).finish()
     # The reference is the uninterrupted run that wrote the checkpoint: same weights at step 10,

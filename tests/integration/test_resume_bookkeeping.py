@@ -6,31 +6,19 @@ from __future__ import annotations
 import json
 import logging
 import re
-import signal
 from pathlib import Path
 
 import torch
 
-from tests.trainer_utils import BASE
+from tests.trainer_utils import BASE, train_in_process
 from torchgpt.checkpoint import load_full_model_state_dict, load_model_from_checkpoint
 from torchgpt.checkpoint.layout import read_best
-from torchgpt.config_manager import load_config
-from torchgpt.train import Trainer
 
 
 def train(data_dir: Path, dump: Path, overrides: list[str]) -> Path:
-    """Run the Trainer in this process; restores pytest's signal handlers. Returns RUN_DIR."""
+    """Run the Trainer in this process. Returns RUN_DIR."""
     args = BASE + ["--data.dataset_path", str(data_dir), "--job.dump_folder", str(dump)]
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-    cfg = load_config(None, args + overrides, world_size=1)
-    trainer = Trainer(cfg)
-    try:
-        trainer.train()
-    finally:
-        trainer.close()
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return cfg.run_dir
+    return train_in_process(None, args + overrides)
 
 
 def val_losses(run_dir: Path) -> dict[int, float]:

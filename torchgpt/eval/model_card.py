@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchgpt.eval.report import ReportData
+from torchgpt.eval.report import ReportData, logged_step_seconds
 from torchgpt.eval.report_md import (
     benchmark_rows,
     checkpoint_label,
@@ -43,11 +43,7 @@ def _compute(data: ReportData) -> list[str]:
     train = data.train_points
     if not train:
         return ["- no training metrics found (metrics.jsonl)"]
-    seconds, prev = 0.0, 0
-    for r in train:
-        if isinstance(r.get("step_time_s"), (int, float)):
-            seconds += r["step_time_s"] * (r["step"] - prev)
-        prev = r["step"]
+    seconds = logged_step_seconds(train)
     last = train[-1]
     lines = [
         f"- steps: {fmt_int(last.get('step'))}; tokens seen: {fmt_int(last.get('tokens_seen'))}",
@@ -71,6 +67,9 @@ def _compute(data: ReportData) -> list[str]:
     hw = (data.final or {}).get("hardware") or {}
     if hw:
         lines.append(f"- evaluation machine: {machine_label(hw)}")
+    run_files = run_file_links(data)
+    if run_files:
+        lines.append("- training run files: " + ", ".join(run_files))
     return lines
 
 
@@ -136,11 +135,6 @@ def render_model_card(data: ReportData) -> str:
         "## Compute",
         "",
         *_compute(data),
-        *(
-            ["- training run files: " + ", ".join(run_file_links(data))]
-            if run_file_links(data)
-            else []
-        ),
         "",
         "## Evaluation",
         "",

@@ -70,6 +70,16 @@ class ReportData:
         return self.records[-1] if self.records else None
 
 
+def logged_step_seconds(train_points: list[dict[str, Any]]) -> float:
+    """Time in training steps: each log's mean step time x the steps since the previous log."""
+    seconds, prev = 0.0, 0
+    for r in train_points:
+        if isinstance(r.get("step_time_s"), (int, float)):
+            seconds += r["step_time_s"] * (r["step"] - prev)
+        prev = r["step"]
+    return seconds
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
