@@ -2,31 +2,25 @@
 # torchgpt launcher (TorchTitan style).
 #   ./run_train.sh CONFIG.toml [--section.key value ...]
 # Environment:
+#   PYTHON    interpreter to run (default: this checkout's .venv if present, else python3, else
+#             python); the choice is printed, so a wrong interpreter is never a mystery
 #   NGPU      processes per node (default: number of visible GPUs, else 1 on CPU)
 #   LOG_RANK  ranks whose output is shown (default 0; e.g. 0,1)
-#   TORCHRUN  torchrun command (default: python -m torch.distributed.run)
+#   TORCHGPT_DEBUG=1  print a failing run's traceback here too (it always goes to train.log)
 # Extra torchrun arguments for multi-node jobs go in TORCHRUN_ARGS, e.g.
 #   TORCHRUN_ARGS="--nnodes 2 --rdzv_backend c10d --rdzv_endpoint host:29500" ./run_train.sh ...
+# Exit codes: 0 finished, 2 bad config or input (nothing started), 1 any other failure.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
   echo "usage: [NGPU=N] [LOG_RANK=0] $0 CONFIG.toml [--section.key value ...]" >&2
   exit 2
 fi
-CONFIG_FILE=$1
-shift
 
-if [ -z "${NGPU:-}" ]; then
-  NGPU=$(python -c "import torch; print(max(torch.cuda.device_count(), 1))" 2>/dev/null || echo 1)
-fi
-LOG_RANK=${LOG_RANK:-0}
-TORCHRUN=${TORCHRUN:-"python -m torch.distributed.run"}
+# shellcheck source=scripts/find_python.sh
+source "$(dirname "${BASH_SOURCE[0]}")/scripts/find_python.sh"
+echo "run_train.sh: python $py ($py_why)" >&2
 
-standalone="--standalone"
-case " ${TORCHRUN_ARGS:-} " in *" --nnodes"* | *" --rdzv"*) standalone="" ;; esac
-
-# shellcheck disable=SC2086
-exec $TORCHRUN $standalone --nproc_per_node="$NGPU" \
-  --local-ranks-filter "$LOG_RANK" --role rank --tee 3 \
-  ${TORCHRUN_ARGS:-} \
-  -m torchgpt.train "$CONFIG_FILE" "$@"
+# torchgpt.launch checks the config and the data in this one process, then runs torchrun.
+exec "$py" -m torchgpt.launch --nproc-per-node "${NGPU:-auto}" --log-rank "${LOG_RANK:-0}" \
+  --torchrun-args "${TORCHRUN_ARGS:-}" -- "$@"

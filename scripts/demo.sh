@@ -4,6 +4,8 @@
 # TORCHGPT_SHARED_DIR to the folder holding data/text/openstax, tokenizers/gpt2 and data/eval.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=find_python.sh
+source scripts/find_python.sh  # sets $py (never a bare `python`)
 
 DATA_DIR=${DATA_DIR:-data/demo}
 RUN_NAME=${RUN_NAME:-demo}
@@ -16,7 +18,7 @@ if [ -n "${TORCHGPT_SHARED_DIR:-}" ]; then
 fi
 
 echo "== 1/4 prepare data -> $DATA_DIR"
-python tools/prepare_data.py "${prep_args[@]}"
+"$py" tools/prepare_data.py "${prep_args[@]}"
 
 echo "== 2/4 train the debug model on $NGPU processes"
 NGPU=$NGPU ./run_train.sh train_configs/debug_model.toml \
@@ -27,10 +29,10 @@ if [ -f tools/eval.py ]; then
   echo "== 3/4 evaluate every checkpoint"
   eval_args=(--all --limit 200)
   [ -n "${TORCHGPT_SHARED_DIR:-}" ] && eval_args+=(--data-dir "$TORCHGPT_SHARED_DIR/data/eval")
-  python tools/eval.py "$RUN_DIR" --data "$DATA_DIR" "${eval_args[@]}"
+  "$py" tools/eval.py "$RUN_DIR" --data "$DATA_DIR" "${eval_args[@]}"
 fi
 if [ -f tools/report.py ]; then
   echo "== 4/4 report"
-  python tools/report.py "$RUN_DIR"
+  "$py" tools/report.py "$RUN_DIR"
 fi
 echo "done: $RUN_DIR"

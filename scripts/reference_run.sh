@@ -12,13 +12,15 @@
 # section), LOSS_CURVE.png and SAMPLES.md at the top level.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=find_python.sh
+source scripts/find_python.sh  # sets $py (never a bare `python`)
 
 SHARED=${TORCHGPT_SHARED_DIR:?set TORCHGPT_SHARED_DIR to a folder with data/text/openstax, tokenizers/gpt2 and data/eval}
 export TORCHGPT_GPT2_BPE_DIR="$SHARED/tokenizers/gpt2" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 CFG=train_configs/reference_cpu.toml
 DATA=data/openstax
 RUN=outputs/reference
-TORCHRUN=(python -m torch.distributed.run --standalone --nproc_per_node 2)
+TORCHRUN=("$py" -m torch.distributed.run --standalone --nproc_per_node 2)
 
 # The ablation: both architectures get the same wall-clock budget (6 minutes of training steps),
 # so each gets the steps its own throughput buys: 360 s x the mean tokens/s of its 12-step probe
@@ -44,7 +46,7 @@ run_stage() {  # true when $1 lies between $start and $stop (inclusive) in stage
 
 if run_stage prepare; then
   echo "== prepare: OpenStax parquet -> $DATA"
-  python tools/prepare_data.py --out "$DATA" --input "$SHARED/data/text/openstax"
+  "$py" tools/prepare_data.py --out "$DATA" --input "$SHARED/data/text/openstax"
 fi
 
 probe() {  # NAME NPROC FLAVOR [overrides]: 12 steps, tokens/s at steps 4, 8 and 12
@@ -87,7 +89,7 @@ if run_stage eval; then
   pids=()
   for ckpt in "$RUN"/checkpoints/step-*/; do
     ckpt=${ckpt%/}
-    OMP_NUM_THREADS=1 python tools/eval.py "$ckpt" --data "$DATA" --data-dir "$SHARED/data/eval" \
+    OMP_NUM_THREADS=1 "$py" tools/eval.py "$ckpt" --data "$DATA" --data-dir "$SHARED/data/eval" \
       >"$RUN/eval_logs/$(basename "$ckpt").log" 2>&1 &
     pids+=($!)
     if [ ${#pids[@]} -ge 2 ]; then wait "${pids[0]}"; pids=("${pids[@]:1}"); fi
@@ -102,14 +104,14 @@ if run_stage ablation; then
     --training.steps "$ABLATION_STEPS_GPT2" "${common[@]}"
   NGPU=2 ./run_train.sh "$CFG" --job.name ablation-modern --model.flavor modern-d128-l4 \
     --training.steps "$ABLATION_STEPS_MODERN" "${common[@]}"
-  python tools/compare_runs.py outputs/ablation-gpt2 outputs/ablation-modern \
+  "$py" tools/compare_runs.py outputs/ablation-gpt2 outputs/ablation-modern \
     --out outputs/ablation
 fi
 
 if run_stage recipe; then
   echo "== the 100M recipe: a few real steps here, memory against the estimate, GPU projections"
   mkdir -p outputs/recipe
-  python bench/memory_estimate.py --only recipe | tee outputs/recipe/memory_estimate_recipe.txt
+  "$py" bench/memory_estimate.py --only recipe | tee outputs/recipe/memory_estimate_recipe.txt
   NGPU=2 ./run_train.sh train_configs/mini_gpt_100m.toml --data.dataset_path "$DATA" \
     --job.dump_folder outputs/recipe --job.name mini_gpt_100m --training.steps 4 \
     --training.micro_batch_size 2 --training.global_batch_tokens 4096 \
@@ -117,11 +119,11 @@ if run_stage recipe; then
     --metrics.log_freq 1 --checkpoint.resume none
   for layout in "h100 1" "a100-80g 4" "rtx4090 2"; do
     set -- $layout
-    python tools/memory_estimate.py train_configs/mini_gpt_100m.toml --gpu "$1" --nproc "$2" \
+    "$py" tools/memory_estimate.py train_configs/mini_gpt_100m.toml --gpu "$1" --nproc "$2" \
       --json > "outputs/recipe/estimate_${1}_x$2.json"
   done
   # Analytic peaks for the AC and FSDP/DDP trade-offs discussed in WRITEUP.md.
-  est=(python tools/memory_estimate.py train_configs/mini_gpt_100m.toml --no-trace --json)
+  est=("$py" tools/memory_estimate.py train_configs/mini_gpt_100m.toml --no-trace --json)
   for ac in none selective full; do
     "${est[@]}" --gpu rtx4090 --nproc 2 --activation_checkpoint.mode $ac \
       > "outputs/recipe/analytic_rtx4090_x2_fsdp_ac-$ac.json"
@@ -152,6 +154,6 @@ if run_stage report; then
   mkdir -p reference/recipe
   cp outputs/recipe/*.txt outputs/recipe/*.json reference/recipe/
   cp outputs/recipe/mini_gpt_100m/{config.json,metrics.jsonl,train.log} reference/recipe/
-  python tools/report.py reference/run --out .
+  "$py" tools/report.py reference/run --out .
 fi
 echo "done"

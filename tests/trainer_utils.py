@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -42,6 +44,11 @@ BASE = [
     "--metrics.enable_tensorboard",
     "false",
 ]
+
+
+def launcher_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a run_train.sh launched by a test: this interpreter, named explicitly."""
+    return {**os.environ, "PYTHON": sys.executable, **(extra or {})}
 
 
 def train_in_process(toml: str | None, args: list[str]) -> Path:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import logging.handlers
 import math
 import os
 import signal
 import sys
 import time
+import traceback
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,8 +25,9 @@ import torch.nn.functional as F
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
+from torchgpt.checkpoint.layout import write_json_atomic
 from torchgpt.config import ConfigError, JobConfig
-from torchgpt.config_manager import dump_config, help_text, load_config
+from torchgpt.config_manager import dump_config, help_text
 from torchgpt.data.loader import TrainLoader, build_val_batches
 from torchgpt.hardware import detect_peak_tflops, tune_host_malloc
 from torchgpt.metrics import MetricsLogger, StepTimer, peak_memory_gib
@@ -33,9 +36,11 @@ from torchgpt.model.gpt import GPT
 from torchgpt.optim import build_lr_scheduler, build_optimizer
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.parallel.parallelize import parallelize_gpt
+from torchgpt.preflight import LAUNCH_ID_ENV, PREEMPTED_NAME, preflight
 from torchgpt.provenance import record_launch
 
 logger = logging.getLogger("torchgpt")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -118,7 +123,9 @@ class Trainer:
         self._build_optimizer()
         self._build_data()
         self._build_checkpointer()
-        self._build_metrics()
+        self.metrics: MetricsLogger | None = None  # opened by _open_run_files
+        self.peak_tflops = cfg.metrics.peak_tflops or detect_peak_tflops(self.device.type)
+        self.timer = StepTimer(self.device)
         self._preempt_requested = False  # this rank got a signal (set by the handler)
         self._preempt_agreed = False  # some rank did, as of the last all-reduce: act on this
 
@@ -141,22 +148,15 @@ class Trainer:
         if cfg.job.deterministic:
             torch.use_deterministic_algorithms(True)
         self.bf16 = cfg.training.mixed_precision == "bf16"
-        self._log_file = None
+        # Nothing is written to the run directory until the launch is accepted (the checkpoint
+        # to resume loaded): until then rank 0's log records wait in memory (see _open_run_files).
+        self._log_file: logging.Handler | None = None
+        self._log_buffer: logging.handlers.MemoryHandler | None = None
         if self.rank == 0:
-            dump_config(cfg, self.run_dir / "config.json")
-            # The run directory carries its own log and a record of every launch (command,
-            # machine, versions), so a report made from it can cite both.
-            self._log_file = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
-            self._log_file.setFormatter(
-                logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+            self._log_buffer = logging.handlers.MemoryHandler(
+                capacity=100_000, flushLevel=logging.CRITICAL + 1
             )
-            logging.getLogger("torchgpt").addHandler(self._log_file)
-            record_launch(
-                self.run_dir,
-                world_size=self.world_size,
-                device=str(self.device),
-                parallelism=str(self.dims),
-            )
+            logging.getLogger("torchgpt").addHandler(self._log_buffer)
         logger.info(
             "torch %s, device %s, world size %d, dims %s",
             torch.__version__,
@@ -262,7 +262,26 @@ class Trainer:
             extra_metadata={"config": self.cfg.to_dict(), "model_args": asdict(self.model_args)},
         )
 
-    def _build_metrics(self) -> None:
+    def _open_run_files(self) -> None:
+        """The launch is accepted: write config.json and run_info.json, open train.log, metrics.
+
+        Called once the checkpoint to resume (if any) has loaded, so a refused launch (a bad
+        checkpoint, another model) leaves the run directory exactly as it was.
+        """
+        if self.rank == 0:
+            dump_config(self.cfg, self.run_dir / "config.json")
+            # The run directory carries its own log and a record of every launch (command,
+            # machine, versions), so a report made from it can cite both.
+            self._log_file = logging.FileHandler(self.run_dir / "train.log", encoding="utf-8")
+            self._log_file.setFormatter(logging.Formatter(LOG_FORMAT))
+            self._flush_log_buffer(self._log_file)
+            logging.getLogger("torchgpt").addHandler(self._log_file)
+            record_launch(
+                self.run_dir,
+                world_size=self.world_size,
+                device=str(self.device),
+                parallelism=str(self.dims),
+            )
         m = self.cfg.metrics
         self.metrics = MetricsLogger(
             self.run_dir,
@@ -273,8 +292,17 @@ class Trainer:
             run_name=self.cfg.job.name,
             config=self.cfg.to_dict(),
         )
-        self.peak_tflops = m.peak_tflops or detect_peak_tflops(self.device.type)
-        self.timer = StepTimer(self.device)
+
+    def _flush_log_buffer(self, target: logging.Handler | None) -> None:
+        """Hand the records logged before acceptance to `target` (None drops them)."""
+        if self._log_buffer is None:
+            return
+        logging.getLogger("torchgpt").removeHandler(self._log_buffer)
+        if target is not None:
+            self._log_buffer.setTarget(target)
+            self._log_buffer.flush()
+        self._log_buffer.close()
+        self._log_buffer = None
 
     # ---- one optimizer step -------------------------------------------------------------
     def _autocast(self):
@@ -500,9 +528,13 @@ class Trainer:
         """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""
         cfg, st = self.cfg, self.train_state
         c = cfg.checkpoint
-        resumed = self.checkpointer.load(
-            resume=c.resume, load_step=c.load_step, load_path=c.load_path
-        )
+        try:
+            resumed = self.checkpointer.load(
+                resume=c.resume, load_step=c.load_step, load_path=c.load_path
+            )
+        except ValueError as e:  # the chosen checkpoint does not fit this config: refused
+            raise ConfigError([str(e)]) from e
+        self._open_run_files()
         if resumed is not None:
             logger.info("resumed from step %d (%s tokens seen)", st.step, f"{st.tokens_seen:,}")
         self.data_iter = iter(self.train_loader)
@@ -542,10 +574,25 @@ class Trainer:
                 logger.info(
                     "preempted: checkpoint of step %d saved to %s; exiting", st.step, ckpt_path
                 )
+                self._record_preemption(ckpt_path)
                 return ckpt_path
         self.checkpointer.wait()
         self._export_model()
         return ckpt_path
+
+    def _record_preemption(self, ckpt_path: Path | None) -> None:
+        """RUN_DIR/preempted.json, which tells the launcher this signal ended in a saved
+        checkpoint (exit 0, requeue); it carries the launch's id so an old file never counts."""
+        if self.rank != 0 or ckpt_path is None:
+            return
+        write_json_atomic(
+            self.run_dir / PREEMPTED_NAME,
+            {
+                "launch_id": os.environ.get(LAUNCH_ID_ENV, ""),
+                "step": self.train_state.step,
+                "checkpoint": str(ckpt_path),
+            },
+        )
 
     def _export_model(self) -> None:
         """Model-only export (plain state dict, args, config) in checkpoint.export_dtype."""
@@ -564,7 +611,9 @@ class Trainer:
             logger.info("exported the final model to %s", path)
 
     def close(self) -> None:
-        self.metrics.close()
+        if self.metrics is not None:
+            self.metrics.close()
+        self._flush_log_buffer(None)
         if self._log_file is not None:
             logging.getLogger("torchgpt").removeHandler(self._log_file)
             self._log_file.close()
@@ -576,9 +625,33 @@ def _init_distributed() -> None:
         dist.init_process_group("nccl" if device_type() == "cuda" else "gloo")
 
 
+def _report_failure(error: BaseException, cfg: JobConfig, trainer: Trainer | None) -> None:
+    """One line on the console; the traceback in RUN_DIR/train.log (and here if TORCHGPT_DEBUG)."""
+    rank = int(os.environ.get("RANK", "0"))
+    step = trainer.train_state.step + 1 if trainer is not None else None
+    where = f"step {step}" if step else "setup"
+    message = " ".join(str(error).split()) or "(no message)"
+    log_path = cfg.run_dir / "train.log"
+    tb = traceback.format_exc()
+    try:
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(f"rank {rank} failed at {where}:\n{tb}")
+    except OSError:
+        log_path = None
+    print(
+        f"error: rank {rank} at {where}: {type(error).__name__}: {message}"
+        + (f" (traceback in {log_path})" if log_path else ""),
+        file=sys.stderr,
+    )
+    if os.environ.get("TORCHGPT_DEBUG", "") not in ("", "0"):
+        print(tb, file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit codes: 0 done (or preempted after a checkpoint), 2 refused, 1 failed."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m torchgpt.train CONFIG.toml [--section.key value ...]\n")
         print(help_text())
@@ -588,22 +661,34 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = load_config(toml_path, overrides, world_size=world_size)
+        cfg = preflight(toml_path, overrides, world_size=world_size)
     except ConfigError as e:
-        if int(os.environ.get("RANK", "0")) == 0:
+        if rank == 0:
             print(f"error: {e}", file=sys.stderr)
         return 2
     if not torch.cuda.is_available():
         tune_host_malloc()  # CPU runs: reuse freed activation blocks (see hardware.py)
-    _init_distributed()
-    trainer = Trainer(cfg)
+    trainer = None
     try:
+        _init_distributed()
+        trainer = Trainer(cfg)
         trainer.train()
-    finally:
-        trainer.close()
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    except ConfigError as e:  # found by the workers (e.g. a checkpoint of another model)
+        if rank == 0:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        _report_failure(e, cfg, trainer)
+        # No destroy_process_group: a peer may still sit in a collective, and tearing the
+        # group down under it can block; the process exits and torchrun stops the others.
+        if trainer is not None:
+            trainer.close()
+        return 1
+    trainer.close()
+    if dist.is_initialized():
+        dist.destroy_process_group()
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from torch.distributed.checkpoint import FileSystemWriter
 
-from tests.trainer_utils import train_in_process
+from tests.trainer_utils import launcher_env, train_in_process
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "train_configs/debug_model.toml"
@@ -65,7 +65,7 @@ class Job:
             self.proc = subprocess.Popen(
                 cmd,
                 cwd=REPO,
-                env={**os.environ, "NGPU": str(nproc), **(env or {})},
+                env=launcher_env({"NGPU": str(nproc), **(env or {})}),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -168,26 +168,26 @@ def train_here(data_dir: Path, dump: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def straight(astro_shards, tmp_path_factory) -> Path:
+def straight(token_shards, tmp_path_factory) -> Path:
     """The uninterrupted 20-step job on 2 processes: reference losses and checkpoints."""
     dump = tmp_path_factory.mktemp("straight")
-    Job(astro_shards, dump).finish()
+    Job(token_shards, dump).finish()
     return dump / "debug"
 
 
 @pytest.mark.parametrize("compile_enable", [False, True], ids=["eager", "compiled"])
-def test_sigkill_after_checkpoint_resumes_bitwise(astro_shards, tmp_path, straight, compile_enable):
+def test_sigkill_after_checkpoint_resumes_bitwise(token_shards, tmp_path, straight, compile_enable):
     extra = ["--compile.enable", "true"] if compile_enable else []
     reference = losses(straight)
     if compile_enable:  # compiled fp32 kernels round differently from eager: own reference
-        Job(astro_shards, tmp_path / "straight", extra=extra).finish()
+        Job(token_shards, tmp_path / "straight", extra=extra).finish()
         reference = losses(tmp_path / "straight" / "debug")
-    job = Job(astro_shards, tmp_path / "run", extra=extra)
+    job = Job(token_shards, tmp_path / "run", extra=extra)
     job.wait_for("the step-10 checkpoint", lambda: complete(job.run_dir, 10))
     job.kill()
     run_dir = job.run_dir
     assert not complete(run_dir, 20) and not (run_dir / "model.pt").exists(), "killed too late"
-    out = Job(astro_shards, tmp_path / "run", extra=extra).finish()
+    out = Job(token_shards, tmp_path / "run", extra=extra).finish()
     assert "resumed from step 10" in out
     assert sorted(reference) == list(range(1, STEPS + 1))
     got = losses(run_dir)
@@ -201,7 +201,7 @@ def test_sigkill_after_checkpoint_resumes_bitwise(astro_shards, tmp_path, straig
 
 
 def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint(
-    astro_shards, tmp_path, straight
+    token_shards, tmp_path, straight
 ):
     run_dir = copy_checkpoint(straight, 10, tmp_path)
     flag = tmp_path / "stalled"
@@ -210,7 +210,7 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint(
         STALL_STEP_ENV: "20",
         STALL_FLAG_ENV: str(flag),
     }
-    job = Job(astro_shards, tmp_path, env=env)
+    job = Job(token_shards, tmp_path, env=env)
     job.wait_for("the stalled step-20 save", flag.exists)
     job.kill()
     tmp = run_dir / "checkpoints" / "step-20.tmp"
@@ -218,7 +218,7 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint(
     assert written == [".metadata", "__0_0.distcp", "__1_0.distcp"], written
     assert not (run_dir / "checkpoints" / "step-20").exists()
 
-    out = Job(astro_shards, tmp_path).finish()
+    out = Job(token_shards, tmp_path).finish()
     assert f"skipping incomplete checkpoint {tmp}" in out
     assert "resumed from step 10" in out
     assert complete(run_dir, 20) and not tmp.exists()
@@ -230,10 +230,10 @@ def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint(
 
 
 def test_sigterm_on_one_rank_checkpoints_the_current_step_and_exits_0(
-    astro_shards, tmp_path, straight
+    token_shards, tmp_path, straight
 ):
     run_dir = copy_checkpoint(straight, 10, tmp_path)
-    job = Job(astro_shards, tmp_path, env={"LOG_RANK": "0,1"})
+    job = Job(token_shards, tmp_path, env={"LOG_RANK": "0,1"})
     job.wait_for("step 13", lambda: max(losses(run_dir), default=0) >= 13)
     os.kill(job.workers()[1], signal.SIGTERM)  # rank 0 learns of it through the all-reduce
     out = job.finish()
@@ -245,29 +245,29 @@ def test_sigterm_on_one_rank_checkpoints_the_current_step_and_exits_0(
     assert complete(run_dir, step) and max(losses(run_dir)) == step
     assert not (run_dir / "model.pt").exists()
 
-    out = Job(astro_shards, tmp_path).finish()
+    out = Job(token_shards, tmp_path).finish()
     assert f"resumed from step {step}" in out
     reference = losses(straight)
     assert losses(run_dir) == {s: reference[s] for s in range(11, 21)}
 
 
 @pytest.fixture(scope="module")
-def straight_one_process(astro_shards, tmp_path_factory) -> Path:
+def straight_one_process(token_shards, tmp_path_factory) -> Path:
     dump = tmp_path_factory.mktemp("straight_1")
-    train_here(astro_shards, dump)
+    train_here(token_shards, dump)
     return dump / "debug"
 
 
 @pytest.mark.parametrize("saved_on,resumed_on", [(2, 1), (2, 4), (1, 2)])
 def test_resume_on_another_number_of_processes(
-    astro_shards, tmp_path, request, straight, saved_on, resumed_on
+    token_shards, tmp_path, request, straight, saved_on, resumed_on
 ):
     source = straight if saved_on == 2 else request.getfixturevalue("straight_one_process")
     run_dir = copy_checkpoint(source, 10, tmp_path)
     if resumed_on == 1:
-        train_here(astro_shards, tmp_path)
+        train_here(token_shards, tmp_path)
     else:
-        assert "resumed from step 10" in Job(astro_shards, tmp_path, nproc=resumed_on).finish()
+        assert "resumed from step 10" in Job(token_shards, tmp_path, nproc=resumed_on).finish()
     # The reference is the uninterrupted run that wrote the checkpoint: same weights at step 10,
     # same batches after it, so only the fp32 reduction order of steps 11-20 differs (another
     # batch would move the loss by ~1e-1, so 1e-5 also proves the data order).

@@ -9,11 +9,13 @@ import os
 import subprocess
 from pathlib import Path
 
+from tests.trainer_utils import launcher_env
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _run(args: list[str], env_extra: dict, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, **env_extra}
+    env = launcher_env(env_extra)
     proc = subprocess.run(
         [str(REPO / "run_train.sh"), *args],
         cwd=REPO,
@@ -30,12 +32,12 @@ def _records(run_dir: Path) -> list[dict]:
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_debug_config_two_processes(astro_shards, tmp_path):
+def test_debug_config_two_processes(token_shards, tmp_path):
     proc = _run(
         [
             "train_configs/debug_model.toml",
             "--data.dataset_path",
-            str(astro_shards),
+            str(token_shards),
             "--job.dump_folder",
             str(tmp_path),
             "--training.steps",
@@ -88,7 +90,7 @@ def test_debug_config_two_processes(astro_shards, tmp_path):
     assert launch["host"]["num_cpus"] == os.cpu_count() and launch["versions"]["torch"]
 
 
-def test_mini_gpt_100m_recipe_two_real_steps(astro_shards, tmp_path):
+def test_mini_gpt_100m_recipe_two_real_steps(token_shards, tmp_path):
     """The production config (gpt2-124m, bf16, compile, selective AC, FSDP2) for 2 steps.
 
     Only batch geometry and warmup are cut (a 1-step warmup so the lr is not ~0 in 2 steps).
@@ -97,7 +99,7 @@ def test_mini_gpt_100m_recipe_two_real_steps(astro_shards, tmp_path):
         [
             "train_configs/mini_gpt_100m.toml",
             "--data.dataset_path",
-            str(astro_shards),
+            str(token_shards),
             "--data.num_workers",
             "0",
             "--job.dump_folder",

@@ -45,8 +45,11 @@ def _check_args(seq_len: int, micro_batch_size: int, dp_rank: int, dp_world_size
         raise ValueError(f"dp_rank={dp_rank} must be in [0, dp_world_size={dp_world_size})")
 
 
-def _open_split(
-    data_dir: str | os.PathLike, split: str, tokenizer: str, vocab_size: int
+def open_split(
+    data_dir: str | os.PathLike,
+    split: str,
+    tokenizer: str = TOKENIZER_NAME,
+    vocab_size: int = VOCAB_SIZE,
 ) -> tuple[list[Path], list[int], int]:
     """Check the manifest and every header of `split`; return (paths, token counts, id limit)."""
     manifest = read_manifest(data_dir)
@@ -197,7 +200,7 @@ class TrainLoader:
         self.micro_batch_size = micro_batch_size
         self.dp_rank, self.dp_world_size = dp_rank, dp_world_size
         self.num_workers, self.pin_memory = num_workers, pin_memory
-        paths, sizes, id_limit = _open_split(data_dir, "train", tokenizer, vocab_size)
+        paths, sizes, id_limit = open_split(data_dir, "train", tokenizer, vocab_size)
         if max(sizes) < seq_len + 1:
             biggest = paths[int(np.argmax(sizes))]
             raise ValueError(
@@ -340,7 +343,7 @@ def build_val_batches(
         ValueError: No val shards, or fewer val tokens than one micro-batch per rank needs.
     """
     _check_args(seq_len, micro_batch_size, dp_rank, dp_world_size)
-    paths, sizes, id_limit = _open_split(data_dir, "val", tokenizer, vocab_size)
+    paths, sizes, id_limit = open_split(data_dir, "val", tokenizer, vocab_size)
     dataset = WindowDataset(paths, sizes, seq_len, id_limit)
     per_rank = num_tokens // (seq_len * micro_batch_size * dp_world_size)
     if per_rank == 0 or per_rank * dp_world_size * micro_batch_size > len(dataset):
