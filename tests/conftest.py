@@ -1,4 +1,5 @@
-"""Shared fixtures: where ../shared lives, the offline GPT-2 BPE files, a quiet tiktoken cache."""
+"""Shared fixtures: where ../shared lives, the offline GPT-2 BPE files, a quiet tiktoken cache,
+synthetic token shards."""
 
 from __future__ import annotations
 
@@ -7,11 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from torchgpt.testing import write_synthetic_shards
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("TORCHGPT_SHARED_DIR"):
+    # The README spells it relative (../shared): pin it to an absolute path once, so tests and
+    # the processes they start (another cwd) all see the same folder.
+    os.environ["TORCHGPT_SHARED_DIR"] = str(Path(os.environ["TORCHGPT_SHARED_DIR"]).resolve())
 
 
 def shared_path() -> Path:
-    return Path(os.environ.get("TORCHGPT_SHARED_DIR", REPO_ROOT.parent / "shared"))
+    """$TORCHGPT_SHARED_DIR (relative to the directory pytest started in) or ../shared, absolute."""
+    return Path(os.environ.get("TORCHGPT_SHARED_DIR", REPO_ROOT.parent / "shared")).resolve()
 
 
 @pytest.fixture(scope="session")
@@ -40,31 +48,9 @@ def _offline_tiktoken_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 @pytest.fixture(scope="session")
-def astro_shards(
-    shared_dir: Path, gpt2_bpe_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    """Token shards of the shared astronomy textbook (~630K train tokens), built once per session."""
-    import subprocess
-    import sys
+def token_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Synthetic, learnable token shards (600K train / 40K val tokens), built once per session.
 
-    out = tmp_path_factory.mktemp("astro_shards")
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO_ROOT / "tools" / "prepare_data.py"),
-            "--out",
-            str(out),
-            "--input",
-            str(shared_dir / "data" / "text" / "openstax_jsonl" / "astronomy.jsonl"),
-            "--val-tokens",
-            "40000",
-            "--workers",
-            "0",
-            "--no-progress",
-            "--tokenizer-dir",
-            str(gpt2_bpe_dir),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
+    Tests of the trainer, parity and resume run on these, so they need no ../shared.
+    """
+    return write_synthetic_shards(tmp_path_factory.mktemp("token_shards"))

@@ -74,3 +74,62 @@ def run_distributed_test(
                 raise
             detail = "\n".join(f"--- {p.stem} ---\n{p.read_text()}" for p in reports)
             raise RuntimeError(f"{e}\nevery failing rank's traceback:\n{detail}") from e
+
+
+def write_synthetic_shards(
+    out: str | os.PathLike,
+    *,
+    train_tokens: int = 600_000,
+    val_tokens: int = 40_000,
+    shard_size: int = 250_000,
+    seed: int = 0,
+) -> Path:
+    """A finished tools/prepare_data.py-style folder of learnable synthetic GPT-2 token ids.
+
+    Documents are strings of "phrases" (fixed random runs of 3-10 ids drawn from a Zipf-like
+    vocabulary of 2,000 GPT-2 ids) picked with Zipf weights, each document led by <|endoftext|>
+    like prepared text. A model learns phrase continuations within a few steps, so loss curves
+    fall as on real text, and tests of the trainer need neither ../shared nor a tokenizer.
+    Written through the real shard writer and manifest, so loaders check it like real data.
+    """
+    import numpy as np
+
+    from torchgpt.data.shards import MANIFEST, ShardWriter, write_json_atomic
+    from torchgpt.data.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    vocab = rng.choice(EOT_ID, size=2000, replace=False)
+    word_p = 1.0 / np.arange(1, len(vocab) + 1)
+    phrases = [
+        rng.choice(vocab, size=int(rng.integers(3, 11)), p=word_p / word_p.sum())
+        for _ in range(500)
+    ]
+    phrase_p = 1.0 / np.arange(1, len(phrases) + 1) ** 0.8
+    phrase_p /= phrase_p.sum()
+    tokenizer = {"name": TOKENIZER_NAME, "vocab_size": VOCAB_SIZE, "eot_id": EOT_ID}
+    shards, documents = [], {}
+    for split, total in (("train", train_tokens), ("val", val_tokens)):
+        writer = ShardWriter(out, split, shard_size, tokenizer)
+        written, docs = 0, 0
+        while written < total:
+            picks = rng.choice(len(phrases), size=int(rng.integers(20, 80)), p=phrase_p)
+            doc = np.concatenate([[EOT_ID], *(phrases[i] for i in picks)])
+            doc = doc[: total - written].astype("<u2")
+            writer.write(doc)
+            written, docs = written + len(doc), docs + 1
+        writer.finish()
+        shards += writer.shards
+        documents[split] = docs
+    manifest = {
+        "source": {"kind": "synthetic", "seed": seed},
+        "tokenizer": tokenizer,
+        "shard_size": shard_size,
+        "documents": documents,
+        "tokens": {"train": train_tokens, "val": val_tokens},
+        "shards": shards,
+        "command": f"torchgpt.testing.write_synthetic_shards(seed={seed})",
+    }
+    write_json_atomic(out / MANIFEST, manifest)
+    return out

@@ -16,9 +16,9 @@ from torchgpt.testing import run_distributed_test
 
 
 @pytest.fixture(scope="module")
-def reference(astro_shards, tmp_path_factory):
+def reference(token_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref")
-    run_trainer(str(astro_shards), str(out), ["--job.name", "ref"])
+    run_trainer(str(token_shards), str(out), ["--job.name", "ref"])
     return read_metrics(out / "ref"), read_metrics(out / "ref", "grad_norm")
 
 
@@ -32,12 +32,12 @@ def reference(astro_shards, tmp_path_factory):
     ],
     ids=["fsdp2", "ddp2", "fsdp4", "hsdp2x2"],
 )
-def test_losses_match_single_process(reference, astro_shards, tmp_path, world_size, layout):
+def test_losses_match_single_process(reference, token_shards, tmp_path, world_size, layout):
     ref_loss, ref_gnorm = reference
     run_distributed_test(
         run_trainer,
         world_size=world_size,
-        args=(str(astro_shards), str(tmp_path), ["--job.name", "run"] + layout),
+        args=(str(token_shards), str(tmp_path), ["--job.name", "run"] + layout),
     )
     losses = read_metrics(tmp_path / "run")
     gnorms = read_metrics(tmp_path / "run", "grad_norm")

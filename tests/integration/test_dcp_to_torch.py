@@ -21,12 +21,12 @@ import dcp_to_torch as dcp_to_torch_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def checkpoint(astro_shards, tmp_path_factory) -> Path:
+def checkpoint(token_shards, tmp_path_factory) -> Path:
     """RUN_DIR/checkpoints/step-2 of a 2-rank FSDP2 run of the debug model."""
     dump = tmp_path_factory.mktemp("dcp_to_torch")
     overrides = ["--training.steps", "2", "--checkpoint.enable", "true"]
     overrides += ["--checkpoint.interval", "2", "--job.name", "run"]
-    run_distributed_test(run_trainer, 2, args=(str(astro_shards), str(dump), overrides))
+    run_distributed_test(run_trainer, 2, args=(str(token_shards), str(dump), overrides))
     return dump / "run" / "checkpoints" / "step-2"
 
 

@@ -33,7 +33,7 @@ def steps_on_disk(run_dir: Path) -> list[int]:
 # A constant, too-high lr (no clipping) makes the validation loss jump after step 2 and
 # recover slowly, so the best checkpoint is an old one that retention must keep.
 UNSTABLE = [
-    *("--optimizer.lr", "0.05", "--training.max_norm", "0", "--lr_scheduler.decay_type"),
+    *("--optimizer.lr", "0.1", "--training.max_norm", "0", "--lr_scheduler.decay_type"),
     *("constant", "--training.micro_batch_size", "4", "--training.global_batch_tokens", "256"),
     *("--validation.enable", "true", "--validation.interval", "2", "--validation.tokens", "2048"),
     *("--checkpoint.enable", "true", "--checkpoint.interval", "2", "--checkpoint.keep_latest_k"),
@@ -41,8 +41,8 @@ UNSTABLE = [
 ]
 
 
-def test_best_latest_and_retention_at_the_trainer_level(astro_shards, tmp_path):
-    run_dir = train(astro_shards, tmp_path, UNSTABLE + ["--training.steps", "6"])
+def test_best_latest_and_retention_at_the_trainer_level(token_shards, tmp_path):
+    run_dir = train(token_shards, tmp_path, UNSTABLE + ["--training.steps", "6"])
     val = val_losses(run_dir)
     assert sorted(val) == [2, 4, 6]
     best = min(val, key=val.get)
@@ -60,7 +60,7 @@ def test_best_latest_and_retention_at_the_trainer_level(astro_shards, tmp_path):
 
     # Extend the run to step 8: it resumes from the newest checkpoint (6), not the best, and the
     # best carried over in best.json competes with the new validation losses.
-    run_dir = train(astro_shards, tmp_path, UNSTABLE + ["--training.steps", "8"])
+    run_dir = train(token_shards, tmp_path, UNSTABLE + ["--training.steps", "8"])
     val = val_losses(run_dir)
     assert sorted(val) == [2, 4, 6, 8]  # no step re-run: the resume started after step 6
     best = 8 if val[8] < val[2] else 2
@@ -69,13 +69,13 @@ def test_best_latest_and_retention_at_the_trainer_level(astro_shards, tmp_path):
     assert load_model_from_checkpoint(run_dir)[1]["step"] == 8
 
 
-def test_async_checkpoints_report_blocked_time_and_bf16_export(astro_shards, tmp_path, caplog):
+def test_async_checkpoints_report_blocked_time_and_bf16_export(token_shards, tmp_path, caplog):
     overrides = [
         *("--training.steps", "4", "--checkpoint.enable", "true", "--checkpoint.interval", "2"),
         *("--checkpoint.async_mode", "async", "--checkpoint.export_dtype", "bfloat16"),
     ]
     with caplog.at_level(logging.INFO, logger="torchgpt"):
-        run_dir = train(astro_shards, tmp_path, overrides)
+        run_dir = train(token_shards, tmp_path, overrides)
     saves = [
         re.search(
             r"checkpoint step (\d+) -> .*writing in the background, training blocked ([\d.]+) s", m

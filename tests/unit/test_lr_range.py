@@ -31,7 +31,7 @@ def test_suggestion_on_a_known_curve():
     assert 3e-4 < result["suggested_lr_max"] <= result["lr_min_loss"] / 10 * 1.0001
 
 
-def test_short_real_sweep_writes_plot_and_json(astro_shards, tmp_path):
+def test_short_real_sweep_writes_plot_and_json(token_shards, tmp_path):
     out = tmp_path / "lr"
     subprocess.run(
         [
@@ -43,7 +43,7 @@ def test_short_real_sweep_writes_plot_and_json(astro_shards, tmp_path):
             "--out",
             str(out),
             "--data.dataset_path",
-            str(astro_shards),
+            str(token_shards),
             "--training.seq_len",
             "64",
             "--training.global_batch_tokens",

@@ -36,21 +36,21 @@ def _assert_grads_close(a, b, atol):
         torch.testing.assert_close(a[name], b[name], atol=atol, rtol=1e-4, msg=name)
 
 
-def test_accumulation_equals_one_big_batch(astro_shards, tmp_path):
+def test_accumulation_equals_one_big_batch(token_shards, tmp_path):
     # 4 micro-steps of 2 sequences vs 1 micro-step of 8: same 512 tokens, same gradient.
-    loss_acc, g_acc = _grads_after_one_accumulation(astro_shards, tmp_path / "a", [])
+    loss_acc, g_acc = _grads_after_one_accumulation(token_shards, tmp_path / "a", [])
     loss_big, g_big = _grads_after_one_accumulation(
-        astro_shards, tmp_path / "b", ["--training.micro_batch_size", "8"]
+        token_shards, tmp_path / "b", ["--training.micro_batch_size", "8"]
     )
     assert loss_acc == pytest.approx(loss_big, abs=1e-5)
     _assert_grads_close(g_acc, g_big, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode,option", [("full", "op"), ("selective", "op"), ("selective", "2")])
-def test_activation_checkpointing_modes_match_none(astro_shards, tmp_path, mode, option):
-    loss_ref, g_ref = _grads_after_one_accumulation(astro_shards, tmp_path / "none", [])
+def test_activation_checkpointing_modes_match_none(token_shards, tmp_path, mode, option):
+    loss_ref, g_ref = _grads_after_one_accumulation(token_shards, tmp_path / "none", [])
     loss, grads = _grads_after_one_accumulation(
-        astro_shards,
+        token_shards,
         tmp_path / mode,
         ["--activation_checkpoint.mode", mode, "--activation_checkpoint.selective_option", option],
     )
@@ -58,11 +58,11 @@ def test_activation_checkpointing_modes_match_none(astro_shards, tmp_path, mode,
     _assert_grads_close(grads, g_ref, atol=1e-6)
 
 
-def test_compiled_matches_eager_in_bf16(astro_shards, tmp_path):
+def test_compiled_matches_eager_in_bf16(token_shards, tmp_path):
     common = ["--training.mixed_precision", "bf16", "--training.steps", "4"]
-    run_trainer(str(astro_shards), str(tmp_path), ["--job.name", "eager"] + common)
+    run_trainer(str(token_shards), str(tmp_path), ["--job.name", "eager"] + common)
     run_trainer(
-        str(astro_shards),
+        str(token_shards),
         str(tmp_path),
         ["--job.name", "compiled", "--compile.enable", "true"] + common,
     )
@@ -72,9 +72,9 @@ def test_compiled_matches_eager_in_bf16(astro_shards, tmp_path):
     assert compiled == pytest.approx(eager, rel=2e-2)
 
 
-def test_same_config_twice_gives_identical_losses(astro_shards, tmp_path):
-    run_trainer(str(astro_shards), str(tmp_path), ["--job.name", "a", "--training.steps", "3"])
-    run_trainer(str(astro_shards), str(tmp_path), ["--job.name", "b", "--training.steps", "3"])
+def test_same_config_twice_gives_identical_losses(token_shards, tmp_path):
+    run_trainer(str(token_shards), str(tmp_path), ["--job.name", "a", "--training.steps", "3"])
+    run_trainer(str(token_shards), str(tmp_path), ["--job.name", "b", "--training.steps", "3"])
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
 
 
@@ -99,16 +99,16 @@ def _trainer_with_nan_at_step(data_dir, tmp_path, nan_step, overrides):
     return trainer
 
 
-def test_nonfinite_loss_stops_with_the_step(astro_shards, tmp_path):
-    trainer = _trainer_with_nan_at_step(astro_shards, tmp_path, 2, [])
+def test_nonfinite_loss_stops_with_the_step(token_shards, tmp_path):
+    trainer = _trainer_with_nan_at_step(token_shards, tmp_path, 2, [])
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         trainer.train()
     trainer.close()
 
 
-def test_nonfinite_loss_can_skip_the_step(astro_shards, tmp_path):
+def test_nonfinite_loss_can_skip_the_step(token_shards, tmp_path):
     trainer = _trainer_with_nan_at_step(
-        astro_shards, tmp_path, 2, ["--training.on_nonfinite", "skip"]
+        token_shards, tmp_path, 2, ["--training.on_nonfinite", "skip"]
     )
     trainer.train()
     trainer.close()
@@ -119,9 +119,9 @@ def test_nonfinite_loss_can_skip_the_step(astro_shards, tmp_path):
     assert all(torch.isfinite(p).all() for p in trainer.model_plain.parameters())
 
 
-def test_in_training_harness_eval_is_logged(astro_shards, shared_dir, tmp_path):
+def test_in_training_harness_eval_is_logged(token_shards, shared_dir, tmp_path):
     run_trainer(
-        str(astro_shards),
+        str(token_shards),
         str(tmp_path),
         [
             "--training.steps",
