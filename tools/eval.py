@@ -26,6 +26,7 @@ from torchgpt.eval.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from torchgpt.eval.loading import is_run_dir, list_checkpoints
 from torchgpt.eval.results import EVAL_DIR_NAME, eval_json_path
 from torchgpt.hardware import tune_host_malloc
+from torchgpt.progress import quiet_bars_off_terminal
 
 
 def _count(text: str) -> int:
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    quiet_bars_off_terminal()  # in a log file: our sparse progress lines, no redrawn bars
     for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         if args.data_dir:  # local data only: never wait on a network timeout
             os.environ.setdefault(var, "1")

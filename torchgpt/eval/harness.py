@@ -25,12 +25,12 @@ from lm_eval.models.utils import (
 )
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import Tensor
-from tqdm import tqdm
 
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
 from torchgpt.eval.loading import check_vocab, load_model
 from torchgpt.model import GPT, KVCache
 from torchgpt.model.generate import sample_next
+from torchgpt.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +201,8 @@ class TorchGPTLM(TemplateLM):
         collator = Collator(requests, sort_fn=lambda r: (-len(r[1] + r[2]), tuple(r[1] + r[2])))
         results = []
         # Rate and ETA on stderr, like the harness's own backends (longest requests come first,
-        # so the early rate is the slowest).
-        progress = tqdm(total=len(requests), disable=disable_tqdm, desc="loglikelihood requests")
+        # so the early rate is the slowest); a line every 10 s when stderr is a log file.
+        progress = Progress(len(requests), "loglikelihood requests", disable=disable_tqdm)
         for chunk in collator.get_batched(n=self.batch_size):
             for request, answer in zip(chunk, self._score_chunk(chunk), strict=True):
                 results.append(answer)
