@@ -133,18 +133,7 @@ def build_trainer(name: str, data: str, out: str, cli: argparse.Namespace) -> Tr
         *("--data.dataset_path", data, "--job.dump_folder", out, "--job.name", name),
     ]
     cfg = load_config(None, overrides + SETTINGS[name] + cli.override, world_size=1)
-    trainer = Trainer(cfg)
-    trainer.data_iter = iter(trainer.train_loader)
-    loss_fn = trainer.loss_fn
-
-    def timed_loss_fn(logits, targets, denom):
-        # Closes the "forward" phase (model + loss); the Trainer's next lap is then backward only.
-        loss = loss_fn(logits, targets, denom)
-        trainer.timer.lap("forward")
-        return loss
-
-    trainer.loss_fn = timed_loss_fn
-    return trainer
+    return Trainer(cfg)
 
 
 def cpu_seconds() -> float:
@@ -153,14 +142,21 @@ def cpu_seconds() -> float:
 
 
 def timed_step(trainer: Trainer) -> dict[str, float]:
-    """One Trainer.train_step: wall time, CPU time of this process, and the phase split."""
-    trainer.timer.pop()
+    """One step of the trainer's TrainModule (one micro-batch, as the bench configures it):
+    wall time, CPU time of this process, and the data / forward / backward / optimizer split."""
+    module, timer = trainer.module, trainer.timer
+    timer.pop()
     cpu, start = cpu_seconds(), time.perf_counter()
-    loss, _ = trainer.train_step()
+    timer.start()
+    batches = [next(trainer.data_iter) for _ in range(trainer.grad_accum)]
+    timer.lap("data")
+    loss = module.forward_backward(batches, after_forward=lambda: timer.lap("forward"))
+    timer.lap("backward")
+    module.clip_grad_norm()
+    module.step()
+    timer.lap("optimizer")
     wall = time.perf_counter() - start
-    phases = trainer.timer.pop()
-    phases["backward"] = phases.pop("forward_backward")  # what remains after the forward lap
-    return {"wall": wall, "cpu": cpu_seconds() - cpu, "loss": loss, **phases}
+    return {"wall": wall, "cpu": cpu_seconds() - cpu, "loss": loss.item(), **timer.pop()}
 
 
 def prepare_data(tmp: Path) -> str:

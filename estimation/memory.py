@@ -213,15 +213,16 @@ def _loss_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
     """Start of the last micro-batch's backward: the cross-entropy gradient is being formed."""
     args, tok = plan.args, plan.tokens_per_micro_batch
     blocks, _ = _blocks_saved(plan, b)
-    vp, v = args.padded_vocab_size, args.vocab_size
+    v = args.vocab_size
     items = _resident(plan) + _accumulated_grads(plan)
     items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
     items.append(
         MemoryItem("final norm, lm-head input, tokens", "activations", tok * _head_saved(args, b))
     )
     items += _gathered_params(plan, b, in_backward=False) + _autocast_weight_copies(plan)
-    items.append(MemoryItem(f"logits (B*T x {vp})", "transient", tok * vp * b.compute))
-    # fp32 log_softmax output (saved), grad of nll_loss, grad of log_softmax: 3 x (B*T, V) fp32.
+    # The (B*T x Vp) logits are gone by now: the TrainModule drops its reference before
+    # backward and no op saved them. fp32 log_softmax output (saved), grad of nll_loss, grad of
+    # log_softmax: 3 x (B*T, V) fp32.
     items.append(MemoryItem("cross-entropy fp32 buffers (3 x B*T x V)", "transient", tok * 12 * v))
     return items
 
@@ -237,11 +238,6 @@ def _block_backward_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
         MemoryItem("final norm, lm-head input, tokens", "activations", tok * _head_saved(args, b))
     )
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
-    items.append(
-        MemoryItem(
-            "logits (kept by the training loop)", "transient", tok * args.padded_vocab_size * c
-        )
-    )
     temps = recompute + 2 * b.residual * d + c * (2 * h + 4 * d)
     items.append(MemoryItem("block recompute + gradient temporaries", "transient", tok * temps))
     if plan.fsdp:
@@ -266,24 +262,20 @@ def _root_reduce_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
     if pd != 4:
         items.append(MemoryItem("root grads upcast to fp32 reduce_dtype", "transient", 4 * n_root))
     items.append(MemoryItem("root fp32 reduce-scatter input", "transient", 4 * n_root))
-    logits = plan.tokens_per_micro_batch * args.padded_vocab_size * b.compute
-    items.append(MemoryItem("logits (kept by the training loop)", "transient", logits))
     return items
 
 
 def _optimizer_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
-    """AdamW step: sharded grads present plus foreach's sqrt(exp_avg_sq) temporary."""
+    """AdamW step: sharded grads present, plus foreach's sqrt(exp_avg_sq) temporary (the
+    fused kernel, the default on CPU and CUDA, updates in place)."""
     args = plan.args
     n_local = math.ceil(num_params(args, padded_vocab=True) / plan.shard_degree)
     items = _resident(plan)
-    logits = plan.tokens_per_micro_batch * args.padded_vocab_size * b.compute
-    items.append(
-        MemoryItem("logits of the last micro-batch (still referenced)", "transient", logits)
-    )
     items.append(
         MemoryItem("fp32 grads (sharded)" if plan.fsdp else "fp32 grads", "gradients", 4 * n_local)
     )
-    items.append(MemoryItem("foreach AdamW temporary", "transient", 4 * n_local))
+    if plan.optimizer_implementation == "foreach":
+        items.append(MemoryItem("foreach AdamW temporary", "transient", 4 * n_local))
     return items
 
 

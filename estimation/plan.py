@@ -41,6 +41,8 @@ class TrainingPlan:
     ac_selective_option: str
     reshard_after_forward: Literal["default", "always", "never"]
     compile_enable: bool
+    max_norm: float = 1.0
+    optimizer_implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> TrainingPlan:
@@ -70,6 +72,8 @@ class TrainingPlan:
             ac_selective_option=ac.selective_option,
             reshard_after_forward=cfg.parallelism.fsdp_reshard_after_forward,
             compile_enable=cfg.compile.enable,
+            max_norm=t.max_norm,
+            optimizer_implementation=cfg.optimizer.implementation,
         )
         plan.check_batch()
         return plan

@@ -5,8 +5,8 @@ Method (per rank; see `measure_in_this_process`):
      freed heap memory at once (mallopt M_MMAP_THRESHOLD / M_TRIM_THRESHOLD), so a freed
      tensor leaves the resident set immediately instead of being reused later from a cache;
      torch's CPU allocator is plain malloc/free, with no caching layer of its own.
-  2. The model is built exactly as the trainer builds it (meta -> to_empty -> init_weights ->
-     parallelize_gpt) and one warm-up step runs, so kernels and libraries are loaded and the
+  2. The trainer's own TrainModule is built (meta -> to_empty -> init_weights ->
+     parallelize_gpt, the trainer's optimizer and clipping) and one warm-up step runs, so kernels and libraries are loaded and the
      AdamW state exists (the steady state of every later step); gradients are then dropped.
   3. The bytes of every storage alive at that point (parameters or their FSDP shards,
      buffers, AdamW state) are summed exactly from the tensors.
@@ -35,12 +35,7 @@ import torch
 import torch.distributed as dist
 
 from estimation.plan import TrainingPlan
-from estimation.step import (
-    build_model,
-    build_trainer_optimizer,
-    random_batch,
-    run_train_step,
-)
+from estimation.step import build_module, random_batch, run_train_step
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -109,23 +104,22 @@ def _resident_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer) 
     return tensors
 
 
-def _tracker_peak(model, optimizer, plan: TrainingPlan) -> int:
+def _tracker_peak(module, plan: TrainingPlan) -> int:
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
     if plan.fsdp:
-        tracker = FSDPMemTracker(model, optimizer)
+        tracker = FSDPMemTracker(module.model, module.optimizer)
     else:
         tracker = MemTracker()
-        tracker.track_external(model, optimizer)
+        tracker.track_external(module.model, module.optimizer)
     with tracker:
         run_train_step(
-            model,
-            optimizer,
+            module,
             plan,
             before_micro=lambda m: tracker.reset_mod_stats() if m else None,
         )
-    optimizer.zero_grad(set_to_none=True)
+    module.optimizer.zero_grad(set_to_none=True)
     return sum(s["Total"] for s in tracker.get_tracker_snapshot("peak").values())
 
 
@@ -138,23 +132,20 @@ def measure_in_this_process(plan: TrainingPlan, *, with_tracker: bool = False) -
     """
     _unmap_freed_memory()
     mesh = plan.dims.build_mesh("cpu")
-    model = build_model(plan, mesh, fake=False)
-    optimizer = build_trainer_optimizer(model)
+    module = build_module(plan, mesh, fake=False)
     gen = torch.Generator().manual_seed(dist.get_rank() if dist.is_initialized() else 0)
-    run_train_step(
-        model, optimizer, plan, num_micro=1, make_batch=lambda m: random_batch(plan, gen)
-    )
-    optimizer.zero_grad(set_to_none=True)
+    run_train_step(module, plan, num_micro=1, make_batch=lambda m: random_batch(plan, gen))
+    module.optimizer.zero_grad(set_to_none=True)
     gc.collect()
-    resident = _storage_bytes(_resident_tensors(model, optimizer))
+    resident = _storage_bytes(_resident_tensors(module.model, module.optimizer))
     before = _status_bytes("VmRSS")
     _reset_peak_rss()
     start = time.perf_counter()
-    run_train_step(model, optimizer, plan, make_batch=lambda m: random_batch(plan, gen))
+    run_train_step(module, plan, make_batch=lambda m: random_batch(plan, gen))
     seconds = time.perf_counter() - start
     growth = _status_bytes("VmHWM") - before
-    optimizer.zero_grad(set_to_none=True)
-    tracked = _tracker_peak(model, optimizer, plan) if with_tracker else None
+    module.optimizer.zero_grad(set_to_none=True)
+    tracked = _tracker_peak(module, plan) if with_tracker else None
     rank = dist.get_rank() if dist.is_initialized() else 0
     return RealPeak(rank, resident, growth, resident + growth, tracked, seconds)
 

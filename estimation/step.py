@@ -1,45 +1,27 @@
-"""The training step the estimates trace and measure: built and run like torchgpt.train.Trainer.
+"""The training step the estimates trace and measure: torchgpt's own TrainModule.
 
-`build_model` / `build_trainer_optimizer` call the trainer's own pieces (GPT, parallelize_gpt,
-build_optimizer) with the trainer's arguments; `run_train_step` mirrors Trainer.train_step
-(zero_grad -> micro-batches with gradient sync only on the last -> fp32 summed cross-entropy /
-tokens -> backward -> clip_grad_norm_ -> AdamW step). torch.compile is always off here.
+`build_module` calls the Trainer's builder (torchgpt.train_module.build_train_module) with the
+plan's layout, so the model, parallelization, optimizer kernel and clipping are the trainer's;
+`run_train_step` drives that module's forward_backward -> clip_grad_norm -> step over random
+micro-batches. Nothing here runs a backward or an optimizer update of its own. torch.compile
+is off (compile changes activation memory; the estimate states it).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from estimation.plan import TrainingPlan
-from torchgpt.model.gpt import GPT
-from torchgpt.optim import build_optimizer
-from torchgpt.parallel.parallelize import parallelize_gpt
+from torchgpt.train_module import TrainModule, build_train_module
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-@contextlib.contextmanager
-def _fake_safe_to(model: nn.Module) -> Iterator[None]:
-    """Make `model.to()` a no-op while parallelize_gpt runs on fake parameters.
-
-    parallelize_gpt moves unsharded models with `model.to(device)`; for FakeTensor parameters
-    torch swaps tensors and refuses ("Cannot swap t1 because it has weakref associated with
-    it"). The parameters already live on the traced device, so skipping the move is exact.
-    """
-    model.to = lambda *args, **kwargs: model  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        del model.to
-
-
-def build_model(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0) -> nn.Module:
-    """GPT built and parallelized as Trainer._build_model does (compile disabled).
+def build_module(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0) -> TrainModule:
+    """The TrainModule the Trainer would build for `plan` (compile disabled).
 
     Args:
         plan: the layout.
@@ -48,31 +30,22 @@ def build_model(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0) 
             instead of meta -> to_empty -> init_weights.
         seed: init seed for a real model.
     """
-    if fake:
-        model = GPT(plan.args)
-    else:
-        with torch.device("meta"):
-            model = GPT(plan.args)
-        model.to_empty(device="cpu")
-        model.init_weights(seed=seed)
-    ctx = _fake_safe_to(model) if fake else contextlib.nullcontext()
-    with ctx:
-        return parallelize_gpt(
-            model,
-            plan.dims,
-            mesh,  # type: ignore[arg-type]
-            device=torch.device("cpu"),
-            ac_mode=plan.ac_mode,
-            ac_selective_option=plan.ac_selective_option,
-            compile_enable=False,
-            param_dtype=torch.bfloat16 if plan.mixed_precision == "bf16" else torch.float32,
-            reshard_after_forward=plan.reshard_after_forward,
-        )
-
-
-def build_trainer_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW with the trainer's parameter groups and default kernel choice (foreach on CPU)."""
-    return build_optimizer(model, lr=1e-4, device_type="cpu")
+    return build_train_module(
+        plan.args,
+        plan.dims,
+        mesh,
+        device=torch.device("cpu"),
+        seed=seed,
+        mixed_precision=plan.mixed_precision,
+        max_norm=plan.max_norm,
+        ac_mode=plan.ac_mode,
+        ac_selective_option=plan.ac_selective_option,
+        compile_enable=False,
+        reshard_after_forward=plan.reshard_after_forward,
+        optimizer_implementation=plan.optimizer_implementation,
+        total_steps=plan.steps,
+        init_on_meta=not fake,
+    )
 
 
 def random_batch(plan: TrainingPlan, generator: torch.Generator | None = None) -> Batch:
@@ -86,8 +59,7 @@ def random_batch(plan: TrainingPlan, generator: torch.Generator | None = None) -
 
 
 def run_train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    module: TrainModule,
     plan: TrainingPlan,
     *,
     num_micro: int | None = None,
@@ -95,62 +67,34 @@ def run_train_step(
     before_micro: Callable[[int], None] | None = None,
     around_clip: Callable[[], contextlib.AbstractContextManager] | None = None,
 ) -> None:
-    """One optimizer step exactly as Trainer.train_step runs it (minus logging and data).
+    """One optimizer step of `module`, exactly as the Trainer runs it (minus logging and data).
 
     Args:
-        model: from `build_model`.
-        optimizer: from `build_trainer_optimizer`.
-        plan: the layout (accumulation, precision).
+        module: from `build_module`.
+        plan: the layout (accumulation).
         num_micro: micro-batches to run; default plan.grad_accum. Gradient sync is enabled on
-            the last one only, like the trainer.
+            the last one only, as in the trainer.
         make_batch: micro-step index -> (inputs, targets); default random tokens.
         before_micro: called before each micro-step (the tracer resets module stats there).
-        around_clip: context manager factory wrapped around clip_grad_norm_ (the tracer
-            pauses tracking there, see estimation.trace).
+        around_clip: context manager factory wrapped around the clipping (the tracer pauses
+            tracking there, see estimation.trace).
     """
     n = plan.grad_accum if num_micro is None else num_micro
-    denom = plan.tokens_per_micro_batch * plan.grad_accum
-    autocast = plan.precision_mode == "autocast-bf16"
-    optimizer.zero_grad(set_to_none=True)
-    for micro in range(n):
-        if before_micro is not None:
-            before_micro(micro)
-        inputs, targets = make_batch(micro) if make_batch else random_batch(plan)
-        last = micro == n - 1
-        sync: contextlib.AbstractContextManager = contextlib.nullcontext()
-        if plan.fsdp:
-            model.set_requires_gradient_sync(last)  # type: ignore[operator]
-        elif plan.ddp and not last:
-            sync = model.no_sync()  # type: ignore[operator]
-        with sync:
-            cast = (
-                torch.autocast("cpu", dtype=torch.bfloat16)
-                if autocast
-                else contextlib.nullcontext()
-            )
-            with cast:
-                logits = model(inputs)
-            # Trainer.loss_fn: fp32 summed cross-entropy over the step's tokens per rank.
-            loss = (
-                F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-                / denom
-            )
-            loss.backward()
-    # Like the trainer, `logits` stays referenced until the next micro-step reassigns it (and
-    # through the optimizer step after the last one): part of the real peak.
+    batches = [make_batch(m) if make_batch else random_batch(plan) for m in range(n)]
+    module.forward_backward(batches, before_micro=before_micro)
     with around_clip() if around_clip else contextlib.nullcontext():
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0, foreach=True)
-    optimizer.step()
+        module.clip_grad_norm()
+    module.step()
 
 
-def prime_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Allocate AdamW state with one step on zero gradients, then drop the gradients.
+def prime_optimizer_state(module: TrainModule) -> None:
+    """Allocate the optimizer state with one update on zero gradients, then drop the gradients.
 
     Leaves exactly the steady-state residents (parameters + exp_avg + exp_avg_sq + step)
     that every step after the first starts from.
     """
-    for p in model.parameters():
+    for p in module.model.parameters():
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    module.optimizer.step()
+    module.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Measured estimate: trace one real training step under FakeTensorMode and read the peak.
 
-The model is built and parallelized by the trainer's own code (estimation.step) inside
+The step is the trainer's own TrainModule (estimation.step), built and parallelized inside
 FakeTensorMode, with a fake process group of the requested world size when it is > 1, so
 FSDP2 shards, all-gathers and reduce-scatters exactly as on that many GPUs while this single
 process allocates no tensor memory. PyTorch's FSDPMemTracker (FSDP2) or MemTracker (one device)
@@ -21,12 +21,7 @@ from torch.utils._python_dispatch import _pop_mode_temporarily
 
 from estimation.memory import MemoryEstimate, MemoryItem
 from estimation.plan import TrainingPlan
-from estimation.step import (
-    build_model,
-    build_trainer_optimizer,
-    prime_optimizer_state,
-    run_train_step,
-)
+from estimation.step import build_module, prime_optimizer_state, run_train_step
 
 logger = logging.getLogger(__name__)
 
@@ -103,15 +98,14 @@ def trace_memory(plan: TrainingPlan) -> MemoryEstimate:
 def _trace(plan: TrainingPlan) -> tuple[int, list[MemoryItem]]:
     mesh = plan.dims.build_mesh("cpu")
     with FakeTensorMode():
-        model = build_model(plan, mesh, fake=True)
-        optimizer = build_trainer_optimizer(model)
-        prime_optimizer_state(model, optimizer)
+        module = build_module(plan, mesh, fake=True)
+        prime_optimizer_state(module)
         if plan.fsdp:
-            tracker: MemTracker = FSDPMemTracker(model, optimizer)
+            tracker: MemTracker = FSDPMemTracker(module.model, module.optimizer)
         else:
             tracker = MemTracker()
             # Parameters and AdamW state exist before the step: register them up front.
-            tracker.track_external(model, optimizer)
+            tracker.track_external(module.model, module.optimizer)
 
         def before_micro(micro: int) -> None:
             if micro > 0:
@@ -122,8 +116,7 @@ def _trace(plan: TrainingPlan) -> tuple[int, list[MemoryItem]]:
         n_micro = min(plan.grad_accum, _MAX_TRACED_MICRO)
         with tracker:
             run_train_step(
-                model,
-                optimizer,
+                module,
                 plan,
                 num_micro=n_micro,
                 before_micro=before_micro,

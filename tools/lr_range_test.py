@@ -24,17 +24,28 @@ import sys
 from pathlib import Path
 
 import torch.distributed as dist
-from torch.optim.lr_scheduler import LambdaLR
 
 from torchgpt.config import ConfigError
 from torchgpt.config_manager import load_config
+from torchgpt.optim import lr_multiplier
 from torchgpt.train import Trainer, _init_distributed
 
 logger = logging.getLogger("lr_range_test")
 
 
 def geometric_lrs(min_lr: float, max_lr: float, steps: int) -> list[float]:
-    return [min_lr * (max_lr / min_lr) ** (i / max(steps - 1, 1)) for i in range(steps)]
+    """The lr of each step under the trainer's "geometric" schedule (what the sweep runs)."""
+    return [
+        max_lr
+        * lr_multiplier(
+            i,
+            warmup_steps=0,
+            total_steps=steps,
+            decay_type="geometric",
+            min_lr_ratio=min_lr / max_lr,
+        )
+        for i in range(steps)
+    ]
 
 
 def smooth(values: list[float], beta: float = 0.9) -> list[float]:
@@ -115,7 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         "--training.steps",
         str(args.steps),
         "--optimizer.lr",
-        "1.0",  # the lambda below returns the absolute lr
+        str(args.max_lr),
+        "--lr_scheduler.decay_type",
+        "geometric",
+        "--lr_scheduler.min_lr_ratio",
+        str(args.min_lr / args.max_lr),
         "--lr_scheduler.warmup_steps",
         "0",
         "--checkpoint.enable",
@@ -141,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     _init_distributed()
     lrs = geometric_lrs(args.min_lr, args.max_lr, args.steps)
     trainer = Trainer(cfg)
-    trainer.lr_scheduler = LambdaLR(trainer.optimizer, lambda s: lrs[min(s, len(lrs) - 1)])
     try:
         trainer.train()
     finally:

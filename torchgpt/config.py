@@ -92,8 +92,9 @@ class Optimizer:
 class LRScheduler:
     warmup_steps: int = 10
     """Linear warmup steps from ~0 to the peak lr."""
-    decay_type: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay after warmup down to min_lr_ratio * lr at the last step."""
+    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine"
+    """Decay after warmup down to min_lr_ratio * lr at the last step; geometric: the lr range
+    test's sweep, rising from min_lr_ratio * lr at step 1 to lr at the last (no warmup)."""
     min_lr_ratio: float = 0.1
     """Final lr as a fraction of the peak (0.1 as in Chinchilla / GPT-3)."""
 

@@ -50,14 +50,18 @@ def lr_multiplier(
     *,
     warmup_steps: int,
     total_steps: int,
-    decay_type: Literal["cosine", "linear", "constant"] = "cosine",
+    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine",
     min_lr_ratio: float = 0.1,
 ) -> float:
     """lr / peak_lr at optimizer step `step` (0-based: the multiplier used *for* step+1).
 
     Linear warmup from 1/warmup to 1 so the first step is not a zero-lr no-op, then decay to
     min_lr_ratio at the final step (Chinchilla: decaying to ~10% of peak over the run).
+    "geometric" is the lr range test's sweep instead: no warmup, a geometric rise from
+    min_lr_ratio at the first step to 1 at the last (tools/lr_range_test.py).
     """
+    if decay_type == "geometric":
+        return min_lr_ratio ** (1.0 - min(step, total_steps - 1) / max(total_steps - 1, 1))
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
     decay_steps = max(total_steps - warmup_steps, 1)
@@ -76,7 +80,7 @@ def build_lr_scheduler(
     *,
     warmup_steps: int,
     total_steps: int,
-    decay_type: Literal["cosine", "linear", "constant"] = "cosine",
+    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine",
     min_lr_ratio: float = 0.1,
 ) -> LambdaLR:
     def fn(step: int) -> float:

@@ -49,7 +49,8 @@ def _worker(
         Path(err_dir, f"rank{rank}.txt").write_text(traceback.format_exc())
         raise
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():  # fn may have torn it down itself (torchgpt.train.main does)
+            dist.destroy_process_group()
 
 
 def run_distributed_test(

@@ -7,7 +7,7 @@ then runs gradient-accumulated steps with periodic validation, checkpoints and m
 
 from __future__ import annotations
 
-import contextlib
+import gc
 import logging
 import logging.handlers
 import math
@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.checkpoint.stateful import Stateful
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
@@ -32,12 +31,10 @@ from torchgpt.data.loader import TrainLoader, build_val_batches
 from torchgpt.hardware import detect_peak_tflops, tune_host_malloc
 from torchgpt.metrics import MetricsLogger, StepTimer, peak_memory_gib
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
-from torchgpt.model.gpt import GPT
-from torchgpt.optim import build_lr_scheduler, build_optimizer
 from torchgpt.parallel.dims import ParallelDims, device_type
-from torchgpt.parallel.parallelize import parallelize_gpt
 from torchgpt.preflight import LAUNCH_ID_ENV, PREEMPTED_NAME, preflight
 from torchgpt.provenance import record_launch
+from torchgpt.train_module import TrainModule, build_train_module
 
 logger = logging.getLogger("torchgpt")
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -45,53 +42,6 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 class NonFiniteLossError(RuntimeError):
     pass
-
-
-def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Summed fp32 cross-entropy of (B, T, V) logits against (B, T) targets."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-
-
-class _CrossEntropySum(torch.autograd.Function):
-    """token_cross_entropy_sum over the first `vocab_size` columns, gradient (softmax - onehot) * g.
-
-    Meant to be compiled: inductor fuses each direction into one pass over the logits in their
-    own dtype with fp32 math, never materializing an fp32 (B*T, V) copy. Columns >= vocab_size
-    (the padded vocabulary) are masked out of the softmax and get an exact zero gradient, so
-    the model can hand over its padded logits and skip the zero-padding copy of the slice's
-    backward. Compiling F.cross_entropy instead also fuses, but its NLL backward becomes a
-    one-hot row sum over all V columns per token. Targets must be ids < vocab_size.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
-        x, t = logits.flatten(0, 1), targets.flatten()  # (B*T, V), (B*T,)
-        col = torch.arange(x.size(1), device=x.device)
-        xf = torch.where(col < vocab_size, x.float(), float("-inf"))
-        lse = torch.logsumexp(xf, dim=-1)  # (B*T,)
-        picked = x.gather(1, t[:, None]).squeeze(1).float()  # logit of the target, (B*T,)
-        ctx.save_for_backward(logits, targets, lse)
-        ctx.vocab_size = vocab_size
-        return (lse - picked).sum()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
-        logits, targets, lse = ctx.saved_tensors
-        x, t = logits.flatten(0, 1), targets.flatten()
-        col = torch.arange(x.size(1), device=x.device)[None, :]
-        p = torch.where(col < ctx.vocab_size, torch.exp(x.float() - lse[:, None]), 0.0)
-        dx = torch.where(col == t[:, None], p - 1.0, p) * grad
-        return dx.to(logits.dtype).view_as(logits), None, None
-
-
-@torch.compile
-def _compiled_cross_entropy_sum(
-    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
-) -> torch.Tensor:
-    # Compiled, the loss and its backward are one fused pass each over the bf16 logits instead
-    # of ~10 eager passes over an fp32 (B*T, V) copy: with a 50K vocab these were the largest
-    # non-matmul cost of a step (bench/train_throughput.py).
-    return _CrossEntropySum.apply(logits, targets, vocab_size)
 
 
 class TrainState(Stateful):
@@ -116,16 +66,24 @@ class TrainState(Stateful):
 
 
 class Trainer:
-    def __init__(self, cfg: JobConfig):
+    """The loop around a TrainModule: data, cadence, validation, checkpoints, preemption, logs.
+
+    Args:
+        cfg: The validated job config (the Trainer is the one place that reads all of it).
+        module_cls: A TrainModule subclass to build instead of TrainModule (fault injection).
+    """
+
+    def __init__(self, cfg: JobConfig, *, module_cls: type[TrainModule] | None = None):
         self.cfg = cfg
+        self._module_cls = module_cls
         self._setup_runtime()
-        self._build_model()
-        self._build_optimizer()
+        self._build_train_module()
         self._build_data()
         self._build_checkpointer()
         self.metrics: MetricsLogger | None = None  # opened by _open_run_files
         self.peak_tflops = cfg.metrics.peak_tflops or detect_peak_tflops(self.device.type)
         self.timer = StepTimer(self.device)
+        self._previous_handlers: dict[int, object] = {}  # restored by close()
         self._preempt_requested = False  # this rank got a signal (set by the handler)
         self._preempt_agreed = False  # some rank did, as of the last all-reduce: act on this
 
@@ -165,56 +123,41 @@ class Trainer:
             self.dims,
         )
 
-    def _build_model(self) -> None:
-        cfg = self.cfg
+    def _build_train_module(self) -> None:
+        cfg, t, o, s = self.cfg, self.cfg.training, self.cfg.optimizer, self.cfg.lr_scheduler
         self.model_args = get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm)
-        # Build on meta (no memory), materialize on CPU and init with the job seed *before*
-        # sharding: every layout (1 process, FSDP2, HSDP, DDP) starts from bit-identical weights.
-        # For a ~124M model the transient full copy per rank is 0.5 GB of host memory.
-        with torch.device("meta"):
-            model = GPT(self.model_args)
-        model.to_empty(device="cpu")
-        torch.manual_seed(cfg.job.seed)
-        model.init_weights(seed=cfg.job.seed)
-        self.model_plain = model
-        self.model = parallelize_gpt(
-            model,
+        self.module = build_train_module(
+            self.model_args,
             self.dims,
             self.mesh,
             device=self.device,
+            seed=cfg.job.seed,
+            mixed_precision=t.mixed_precision,
+            max_norm=t.max_norm,
             ac_mode=cfg.activation_checkpoint.mode,
             ac_selective_option=cfg.activation_checkpoint.selective_option,
             compile_enable=cfg.compile.enable,
             compile_whole_model=cfg.compile.whole_model,
-            param_dtype=torch.bfloat16 if self.bf16 else torch.float32,
             reshard_after_forward=cfg.parallelism.fsdp_reshard_after_forward,
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            optimizer_implementation=o.implementation,
+            warmup_steps=s.warmup_steps,
+            total_steps=t.steps,
+            decay_type=s.decay_type,
+            min_lr_ratio=s.min_lr_ratio,
+            module_cls=self._module_cls,
         )
-        self.flops_per_token = flops_per_token(self.model_args, cfg.training.seq_len)
+        self.model = self.module.model
+        self.flops_per_token = flops_per_token(self.model_args, t.seq_len)
         logger.info(
             "model %s: %s parameters (%s without embeddings), %.3g training FLOPs/token",
             cfg.model.flavor,
             f"{num_params(self.model_args):,}",
             f"{num_params(self.model_args, embeddings=False):,}",
             self.flops_per_token,
-        )
-
-    def _build_optimizer(self) -> None:
-        o, s = self.cfg.optimizer, self.cfg.lr_scheduler
-        self.optimizer = build_optimizer(
-            self.model,
-            lr=o.lr,
-            betas=(o.beta1, o.beta2),
-            eps=o.eps,
-            weight_decay=o.weight_decay,
-            implementation=o.implementation,
-            device_type=self.device.type,
-        )
-        self.lr_scheduler = build_lr_scheduler(
-            self.optimizer,
-            warmup_steps=s.warmup_steps,
-            total_steps=self.cfg.training.steps,
-            decay_type=s.decay_type,
-            min_lr_ratio=s.min_lr_ratio,
         )
 
     def _build_data(self) -> None:
@@ -231,6 +174,7 @@ class Trainer:
             vocab_size=self.model_args.vocab_size,
             allow_data_change=cfg.data.allow_data_change,
         )
+        self.data_iter = iter(self.train_loader)  # the loader is its own (resumable) iterator
         self.val_batches = []
         if cfg.validation.enable:
             self.val_batches = build_val_batches(
@@ -248,9 +192,9 @@ class Trainer:
         self.checkpointer = CheckpointManager(
             self.run_dir,
             states={
-                "model": ModelState(self.model),
-                "optimizer": OptimizerState(self.model, self.optimizer),
-                "lr_scheduler": self.lr_scheduler,
+                "model": ModelState(self.module.model),
+                "optimizer": OptimizerState(self.module.model, self.module.optimizer),
+                "lr_scheduler": self.module.lr_scheduler,
                 "dataloader": self.train_loader,
                 "train_state": self.train_state,
                 "rng": RNGState(),
@@ -305,69 +249,14 @@ class Trainer:
         self._log_buffer = None
 
     # ---- one optimizer step -------------------------------------------------------------
-    def _autocast(self):
-        # FSDP2 casts parameters itself (MixedPrecisionPolicy); elsewhere bf16 comes from autocast.
-        if self.bf16 and not self.dims.fsdp_enabled:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _grad_sync(self, enabled: bool):
-        """Reduce gradients only on the last micro-step of an accumulation window."""
-        if self.dims.fsdp_enabled:
-            self.model.set_requires_gradient_sync(enabled)
-            return contextlib.nullcontext()
-        if self.dims.ddp_enabled and not enabled:
-            return self.model.no_sync()
-        return contextlib.nullcontext()
-
-    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torch.Tensor:
-        """Summed token cross-entropy in fp32 divided by the step's token count per rank.
-
-        Dividing by the same denominator on every micro-step (not a per-micro-batch mean) makes
-        accumulation exact; FSDP/DDP then average over ranks -> the mean over the global batch.
-        """
-        vocab = self.model_args.vocab_size  # logits may hold the padded vocabulary: ignore it
-        if self.cfg.compile.enable:
-            return _compiled_cross_entropy_sum(logits, targets, vocab) / denom
-        return token_cross_entropy_sum(logits[..., :vocab], targets) / denom
-
-    def accumulate_gradients(self) -> torch.Tensor:
-        """Forward/backward over grad_accum micro-batches; returns this rank's summed loss.
-
-        Gradients are reduced across ranks only on the last micro-step.
-        """
-        t = self.cfg.training
-        denom = t.micro_batch_size * t.seq_len * self.grad_accum
-        loss_sum = torch.zeros((), device=self.device)
-        for micro in range(self.grad_accum):
-            self.timer.start()
-            inputs, targets = next(self.data_iter)
-            inputs = inputs.to(self.device, non_blocking=True)
-            targets = targets.to(self.device, non_blocking=True)
-            self.timer.lap("data")
-            with self._grad_sync(micro == self.grad_accum - 1):
-                with self._autocast():
-                    logits = self.model(inputs, padded_vocab=True)  # loss_fn masks the padding
-                loss = self.loss_fn(logits, targets, denom)
-                # Drop the logits before backward: autograd keeps what it needs, and holding
-                # this reference kept a (B, T, V) tensor alive through backward (~1.5 GiB at the
-                # recipe's micro-batch, found by estimation/).
-                del logits
-                loss.backward()
-            loss_sum += loss.detach()
-            self.timer.lap("forward_backward")
-        return loss_sum
-
     def train_step(self) -> tuple[float, float]:
         """One optimizer step: accumulate, clip, agree on loss/preemption, step. (loss, grad norm)."""
-        t = self.cfg.training
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_sum = self.accumulate_gradients()
         self.timer.start()
-        max_norm = t.max_norm if t.max_norm > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
-        if hasattr(grad_norm, "full_tensor"):  # a DTensor under FSDP2: materialize the global norm
-            grad_norm = grad_norm.full_tensor()
+        micro_batches = [next(self.data_iter) for _ in range(self.grad_accum)]
+        self.timer.lap("data")
+        loss_sum = self.module.forward_backward(micro_batches)
+        self.timer.lap("forward_backward")
+        grad_norm = self.module.clip_grad_norm()
         # One small all-reduce carries the global loss and any rank's preemption request, so every
         # rank agrees on both (a signal may reach the ranks during different steps).
         stats = torch.stack(
@@ -381,7 +270,8 @@ class Trainer:
         # collectives by itself and hang (checkpoint-helper fix, tests/integration/test_resume.py).
         self._preempt_agreed = stats[1].item() > 0
         gnorm = grad_norm.item()
-        if not (math.isfinite(loss_val) and math.isfinite(gnorm)):
+        finite = math.isfinite(loss_val) and math.isfinite(gnorm)
+        if not finite:
             step = self.train_state.step + 1
             if self.cfg.training.on_nonfinite == "error":
                 raise NonFiniteLossError(
@@ -389,29 +279,14 @@ class Trainer:
                     "optimizer.lr, check the data, or set training.on_nonfinite=skip"
                 )
             logger.warning("step %d: non-finite loss %s, skipping the update", step, loss_val)
-            self.optimizer.zero_grad(set_to_none=True)
-        else:
-            self.optimizer.step()
-        self.lr_scheduler.step()
+        self.module.step(apply=finite)
         self.timer.lap("optimizer")
         return loss_val, gnorm
 
     # ---- validation ---------------------------------------------------------------------
-    @torch.no_grad()
     def validate(self) -> float:
         """Mean token cross-entropy over the fixed validation batches of all ranks."""
-        self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for inputs, targets in self.val_batches:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            with self._autocast():
-                logits = self.model(inputs)
-            total[0] += self.loss_fn(logits, targets, 1).double()
-            total[1] += targets.numel()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        self.model.train()
-        return (total[0] / total[1]).item()
+        return self.module.eval_loss(self.val_batches)
 
     # ---- the loop -----------------------------------------------------------------------
     def _install_signal_handlers(self) -> None:
@@ -433,6 +308,7 @@ class Trainer:
             logger.warning("signal %d: will checkpoint after the current step and exit", signum)
 
         for sig in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
 
     def _log_step(self, loss: float, gnorm: float, t_log: float, tokens_since: int) -> None:
@@ -444,7 +320,7 @@ class Trainer:
             "step": st.step,
             "loss": loss,
             "grad_norm": gnorm,
-            "lr": self.lr_scheduler.get_last_lr()[0],
+            "lr": self.module.lr_scheduler.get_last_lr()[0],
             "tokens_seen": st.tokens_seen,
             "tokens_per_s": tps,
             "tokens_per_s_per_device": tps_dev,
@@ -537,7 +413,6 @@ class Trainer:
         self._open_run_files()
         if resumed is not None:
             logger.info("resumed from step %d (%s tokens seen)", st.step, f"{st.tokens_seen:,}")
-        self.data_iter = iter(self.train_loader)
         self._install_signal_handlers()
         last_step = cfg.training.steps
         tokens_per_step = cfg.training.global_batch_tokens
@@ -611,6 +486,14 @@ class Trainer:
             logger.info("exported the final model to %s", path)
 
     def close(self) -> None:
+        """Flush and close the run files; restore the signal handlers train() replaced.
+
+        The handler closes over this Trainer: left installed, it would keep the model, its
+        meshes and the process groups alive into interpreter shutdown (see main()).
+        """
+        for sig, previous in self._previous_handlers.items():
+            signal.signal(sig, previous)
+        self._previous_handlers.clear()
         if self.metrics is not None:
             self.metrics.close()
         self._flush_log_buffer(None)
@@ -687,10 +570,30 @@ def main(argv: list[str] | None = None) -> int:
             trainer.close()
         return 1
     trainer.close()
+    # Free the Trainer (model, meshes, checkpoint group) before destroying the process groups,
+    # so that their gloo/NCCL worker threads are joined here. Left to interpreter shutdown,
+    # those native threads raced finalization and a finished worker sometimes died of SIGABRT.
+    del trainer
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
 
 
+def _exit_without_finalization(code: int) -> None:
+    """Flush everything, then end the worker process without interpreter finalization.
+
+    destroy_process_group() does not stop every native thread: torch's DTensor sharding caches
+    keep DTensorSpecs -> DeviceMesh -> its ProcessGroups alive, so gloo's run-loop threads of
+    the FSDP mesh outlive main(). Joined only during interpreter finalization, they race its
+    teardown of the GIL, and a worker that had finished every step sometimes died of SIGABRT
+    (torchrun then reported the whole job failed). Nothing of ours is left to finalize here.
+    """
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit_without_finalization(main())

@@ -126,7 +126,7 @@ def test_trace_of_100m_recipe_does_not_allocate_the_model() -> None:
         timeout=300,
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    # A real step would need ~15 GiB (fp32 weights + AdamW state alone are ~1.4 GiB); tracing
-    # it grows the process by far less than that.
-    assert result["traced"] > 14 * 2**30
+    # A real step would need ~13.6 GiB (fp32 weights + AdamW state alone are ~1.4 GiB);
+    # tracing it grows the process by far less than that.
+    assert result["traced"] > 13 * 2**30
     assert result["growth"] < 1.5e9, result

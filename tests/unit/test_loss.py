@@ -1,28 +1,24 @@
-"""The training loss path: Trainer.loss_fn on padded logits, eager and compiled.
+"""The training loss path: train_module.token_loss on padded logits, eager and compiled.
 
 The Trainer asks the model for padded-vocabulary logits (no slice copy in backward) and its
 loss masks the padding: the padded columns must never change the loss and must get an exact
 zero gradient, on the eager (F.cross_entropy) and the compiled (fused) path alike.
 """
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 
 from torchgpt.model import GPT, get_model_args
-from torchgpt.train import Trainer, token_cross_entropy_sum
+from torchgpt.train_module import token_cross_entropy_sum, token_loss
 
 VOCAB, PADDED = 1000, 1088
 
 
 def _loss_fn(compile_enable: bool):
-    """Trainer.loss_fn bound to the two attributes it reads."""
-    owner = SimpleNamespace(
-        cfg=SimpleNamespace(compile=SimpleNamespace(enable=compile_enable)),
-        model_args=SimpleNamespace(vocab_size=VOCAB),
+    """The loss the TrainModule uses with and without torch.compile."""
+    return lambda logits, targets, denom: token_loss(
+        logits, targets, denom, vocab_size=VOCAB, fused=compile_enable
     )
-    return lambda logits, targets, denom: Trainer.loss_fn(owner, logits, targets, denom)
 
 
 @pytest.mark.parametrize("compile_enable", [False, True], ids=["eager", "compiled"])

@@ -9,6 +9,7 @@ import torch
 from tests.trainer_utils import BASE, read_metrics, run_trainer
 from torchgpt.config_manager import load_config
 from torchgpt.train import NonFiniteLossError, Trainer
+from torchgpt.train_module import TrainModule
 
 
 def _grads_after_one_accumulation(data_dir, tmp_path, overrides):
@@ -20,11 +21,11 @@ def _grads_after_one_accumulation(data_dir, tmp_path, overrides):
         world_size=1,
     )
     trainer = Trainer(cfg)
-    trainer.data_iter = iter(trainer.train_loader)
-    loss = trainer.accumulate_gradients().item()
+    batches = [next(trainer.train_loader) for _ in range(trainer.grad_accum)]
+    loss = trainer.module.forward_backward(batches).item()
     grads = {
         n.replace("_checkpoint_wrapped_module.", ""): p.grad.clone()
-        for n, p in trainer.model_plain.named_parameters()
+        for n, p in trainer.module.model.named_parameters()
     }
     trainer.close()
     return loss, grads
@@ -78,8 +79,18 @@ def test_same_config_twice_gives_identical_losses(token_shards, tmp_path):
     assert read_metrics(tmp_path / "a") == read_metrics(tmp_path / "b")
 
 
-def _trainer_with_nan_at_step(data_dir, tmp_path, nan_step, overrides):
-    """A real Trainer whose loss is NaN during optimizer step `nan_step` (1-based)."""
+class NaNAtStep(TrainModule):
+    """A TrainModule whose loss is NaN during optimizer step `nan_step` (1-based)."""
+
+    nan_step = 2
+
+    def forward_backward(self, micro_batches, **kwargs):
+        self.calls = getattr(self, "calls", 0) + 1
+        loss = super().forward_backward(micro_batches, **kwargs)
+        return loss * float("nan") if self.calls == self.nan_step else loss
+
+
+def _trainer_with_nan_at_step(data_dir, tmp_path, overrides):
     cfg = load_config(
         None,
         BASE
@@ -88,35 +99,25 @@ def _trainer_with_nan_at_step(data_dir, tmp_path, nan_step, overrides):
         + overrides,
         world_size=1,
     )
-    trainer = Trainer(cfg)
-    loss_fn = trainer.loss_fn
-
-    def poisoned(logits, targets, denom):
-        loss = loss_fn(logits, targets, denom)
-        return loss * float("nan") if trainer.train_state.step + 1 == nan_step else loss
-
-    trainer.loss_fn = poisoned
-    return trainer
+    return Trainer(cfg, module_cls=NaNAtStep)
 
 
 def test_nonfinite_loss_stops_with_the_step(token_shards, tmp_path):
-    trainer = _trainer_with_nan_at_step(token_shards, tmp_path, 2, [])
+    trainer = _trainer_with_nan_at_step(token_shards, tmp_path, [])
     with pytest.raises(NonFiniteLossError, match="at step 2"):
         trainer.train()
     trainer.close()
 
 
 def test_nonfinite_loss_can_skip_the_step(token_shards, tmp_path):
-    trainer = _trainer_with_nan_at_step(
-        token_shards, tmp_path, 2, ["--training.on_nonfinite", "skip"]
-    )
+    trainer = _trainer_with_nan_at_step(token_shards, tmp_path, ["--training.on_nonfinite", "skip"])
     trainer.train()
     trainer.close()
     losses = read_metrics(tmp_path / "torchgpt")
     assert len(losses) == 3
     assert math.isnan(losses[1]) and math.isfinite(losses[0]) and math.isfinite(losses[2])
     # The skipped step left the weights finite, so training carried on.
-    assert all(torch.isfinite(p).all() for p in trainer.model_plain.parameters())
+    assert all(torch.isfinite(p).all() for p in trainer.module.model.parameters())
 
 
 def test_in_training_harness_eval_is_logged(token_shards, shared_dir, tmp_path):

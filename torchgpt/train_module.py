@@ -1,0 +1,322 @@
+"""The training step as one unit: model, optimizer, lr schedule, loss, precision and grad sync.
+
+`TrainModule` (OLMo-core's TrainModule shape) owns everything a step touches and exposes the step
+in three calls: `forward_backward(micro_batches)`, `clip_grad_norm()`, `step()`; plus
+`eval_loss(batches)`. The Trainer keeps the loop, cadence, preemption and logging; the estimator,
+the benchmarks, tools/lr_range_test.py and the tests drive the same object with batches they
+choose, so every measurement of "the step" measures this code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from torchgpt.model.args import ModelArgs
+from torchgpt.model.gpt import GPT
+from torchgpt.optim import build_lr_scheduler, build_optimizer
+from torchgpt.parallel.dims import ParallelDims
+from torchgpt.parallel.parallelize import parallelize_gpt
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def token_cross_entropy_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed fp32 cross-entropy of (B, T, V) logits against (B, T) targets."""
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+
+
+class _CrossEntropySum(torch.autograd.Function):
+    """token_cross_entropy_sum over the first `vocab_size` columns, gradient (softmax - onehot) * g.
+
+    Meant to be compiled: inductor fuses each direction into one pass over the logits in their
+    own dtype with fp32 math, never materializing an fp32 (B*T, V) copy. Columns >= vocab_size
+    (the padded vocabulary) are masked out of the softmax and get an exact zero gradient, so
+    the model can hand over its padded logits and skip the zero-padding copy of the slice's
+    backward. Compiling F.cross_entropy instead also fuses, but its NLL backward becomes a
+    one-hot row sum over all V columns per token. Targets must be ids < vocab_size.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        x, t = logits.flatten(0, 1), targets.flatten()  # (B*T, V), (B*T,)
+        col = torch.arange(x.size(1), device=x.device)
+        xf = torch.where(col < vocab_size, x.float(), float("-inf"))
+        lse = torch.logsumexp(xf, dim=-1)  # (B*T,)
+        picked = x.gather(1, t[:, None]).squeeze(1).float()  # logit of the target, (B*T,)
+        ctx.save_for_backward(logits, targets, lse)
+        ctx.vocab_size = vocab_size
+        return (lse - picked).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, targets, lse = ctx.saved_tensors
+        x, t = logits.flatten(0, 1), targets.flatten()
+        col = torch.arange(x.size(1), device=x.device)[None, :]
+        p = torch.where(col < ctx.vocab_size, torch.exp(x.float() - lse[:, None]), 0.0)
+        dx = torch.where(col == t[:, None], p - 1.0, p) * grad
+        return dx.to(logits.dtype).view_as(logits), None, None
+
+
+@torch.compile
+def _compiled_cross_entropy_sum(
+    logits: torch.Tensor, targets: torch.Tensor, vocab_size: int
+) -> torch.Tensor:
+    # Compiled, the loss and its backward are one fused pass each over the bf16 logits instead
+    # of ~10 eager passes over an fp32 (B*T, V) copy: with a 50K vocab these were the largest
+    # non-matmul cost of a step (bench/train_throughput.py).
+    return _CrossEntropySum.apply(logits, targets, vocab_size)
+
+
+def token_loss(
+    logits: torch.Tensor, targets: torch.Tensor, denom: int, *, vocab_size: int, fused: bool
+) -> torch.Tensor:
+    """Summed token cross-entropy in fp32 over the first `vocab_size` logit columns, / denom.
+
+    `fused` takes the compiled single-pass kernel (no fp32 copy of the logits); otherwise the
+    padded columns are sliced off and F.cross_entropy runs eagerly. Both give the same value.
+    """
+    if fused:
+        return _compiled_cross_entropy_sum(logits, targets, vocab_size) / denom
+    return token_cross_entropy_sum(logits[..., :vocab_size], targets) / denom
+
+
+class TrainModule:
+    """Model, optimizer and lr schedule with the loss and the precision / gradient-sync policy.
+
+    Args:
+        model: The parallelized model (parallelize_gpt's result).
+        optimizer: Its optimizer.
+        lr_scheduler: Stepped once per optimizer step (also when a step is skipped).
+        dims: The data-parallel layout the model was parallelized for.
+        device: Where the model computes; batches are moved there.
+        vocab_size: Real vocabulary; the model's padded logit columns are masked out.
+        bf16: bf16 compute (FSDP2 casts parameters itself; otherwise autocast).
+        fused_loss: Use the compiled fused cross-entropy (set with torch.compile).
+        max_norm: Gradient clipping norm; <= 0 turns clipping off (the norm is still computed).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        *,
+        dims: ParallelDims,
+        device: torch.device,
+        vocab_size: int,
+        bf16: bool,
+        fused_loss: bool,
+        max_norm: float,
+    ) -> None:
+        self.model, self.optimizer, self.lr_scheduler = model, optimizer, lr_scheduler
+        self.dims, self.vocab_size, self.bf16 = dims, vocab_size, bf16
+        self.fused_loss, self.max_norm, self.device = fused_loss, max_norm, device
+
+    # ---- policies ------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager:
+        # FSDP2 casts parameters itself (MixedPrecisionPolicy); elsewhere bf16 comes from autocast.
+        if self.bf16 and not self.dims.fsdp_enabled:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def grad_sync(self, enabled: bool) -> contextlib.AbstractContextManager:
+        """Reduce gradients only on the last micro-step of an accumulation window."""
+        if self.dims.fsdp_enabled:
+            self.model.set_requires_gradient_sync(enabled)
+            return contextlib.nullcontext()
+        if self.dims.ddp_enabled and not enabled:
+            return self.model.no_sync()
+        return contextlib.nullcontext()
+
+    def loss_fn(self, logits: torch.Tensor, targets: torch.Tensor, denom: int) -> torch.Tensor:
+        """Summed token cross-entropy in fp32 divided by the step's token count per rank.
+
+        Dividing by the same denominator on every micro-step (not a per-micro-batch mean) makes
+        accumulation exact; FSDP/DDP then average over ranks -> the mean over the global batch.
+        """
+        return token_loss(logits, targets, denom, vocab_size=self.vocab_size, fused=self.fused_loss)
+
+    # ---- the step ------------------------------------------------------------------------
+    def micro_step(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        denom: int,
+        sync_grads: bool,
+        after_forward: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Forward and backward of one micro-batch; returns its (detached) share of the loss.
+
+        `after_forward` runs between the loss and the backward (bench/ times the two there).
+        """
+        inputs = inputs.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        with self.grad_sync(sync_grads):
+            with self.autocast():
+                logits = self.model(inputs, padded_vocab=True)  # loss_fn masks the padding
+            loss = self.loss_fn(logits, targets, denom)
+            # Drop the logits before backward: autograd keeps what it needs, and holding this
+            # reference kept a (B, T, V) tensor alive through backward (~1.5 GiB at the recipe's
+            # micro-batch, found by estimation/).
+            del logits
+            if after_forward is not None:
+                after_forward()
+            loss.backward()
+        return loss.detach()
+
+    def forward_backward(
+        self,
+        micro_batches: Sequence[Batch],
+        *,
+        before_micro: Callable[[int], None] | None = None,
+        after_forward: Callable[[], None] | None = None,
+    ) -> torch.Tensor:
+        """Zero the gradients, then forward/backward over the micro-batches of one step.
+
+        Gradients are reduced across ranks only on the last micro-batch. Returns this rank's
+        loss summed over the micro-batches (a 0-d tensor, no host sync).
+
+        Args:
+            micro_batches: (inputs, targets) pairs, all of the same shape.
+            before_micro: Called with the index before each micro-batch (the memory tracer
+                resets its per-module statistics there).
+            after_forward: Called after each micro-batch's loss, before its backward.
+        """
+        self.optimizer.zero_grad(set_to_none=True)
+        n = len(micro_batches)
+        denom = micro_batches[0][1].numel() * n
+        loss_sum = torch.zeros((), device=self.device)
+        for micro, (inputs, targets) in enumerate(micro_batches):
+            if before_micro is not None:
+                before_micro(micro)
+            last = micro == n - 1
+            loss_sum += self.micro_step(
+                inputs, targets, denom=denom, sync_grads=last, after_forward=after_forward
+            )
+        return loss_sum
+
+    def clip_grad_norm(self) -> torch.Tensor:
+        """Clip to max_norm (when > 0); returns the global gradient norm as a plain tensor."""
+        max_norm = self.max_norm if self.max_norm > 0 else math.inf
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
+        if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: materialize the global norm
+            norm = norm.full_tensor()
+        return norm
+
+    def step(self, *, apply: bool = True) -> None:
+        """Apply the optimizer update (or drop the gradients when `apply` is False), then
+        advance the lr schedule."""
+        if apply:
+            self.optimizer.step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+
+    @torch.no_grad()
+    def eval_loss(self, batches: Sequence[Batch]) -> float:
+        """Mean token cross-entropy over `batches` of every rank (all-reduced)."""
+        self.model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for inputs, targets in batches:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with self.autocast():
+                logits = self.model(inputs)
+            total[0] += self.loss_fn(logits, targets, 1).double()
+            total[1] += targets.numel()
+        if dist.is_initialized():
+            dist.all_reduce(total)
+        self.model.train()
+        return (total[0] / total[1]).item()
+
+
+def build_train_module(
+    model_args: ModelArgs,
+    dims: ParallelDims,
+    mesh,
+    *,
+    device: torch.device,
+    seed: int,
+    mixed_precision: Literal["bf16", "fp32"],
+    max_norm: float,
+    ac_mode: str = "none",
+    ac_selective_option: str = "op",
+    compile_enable: bool = False,
+    compile_whole_model: bool = False,
+    reshard_after_forward: str = "default",
+    lr: float = 3e-4,
+    betas: tuple[float, float] = (0.9, 0.95),
+    eps: float = 1e-8,
+    weight_decay: float = 0.1,
+    optimizer_implementation: str = "auto",
+    warmup_steps: int = 0,
+    total_steps: int = 1,
+    decay_type: str = "cosine",
+    min_lr_ratio: float = 0.1,
+    init_on_meta: bool = True,
+    module_cls: type[TrainModule] | None = None,
+) -> TrainModule:
+    """Build the model (meta -> CPU -> init -> parallelize), optimizer and schedule.
+
+    Every layout (1 process, FSDP2, HSDP, DDP) starts from bit-identical weights: the full model
+    is materialized on CPU and initialized with `seed` *before* sharding (for a ~124M model the
+    transient full copy per rank is 0.5 GB of host memory). `init_on_meta=False` builds it
+    directly, for callers inside FakeTensorMode (the estimator's trace). `module_cls` is a
+    TrainModule subclass to build instead (tests inject faults through it).
+    """
+    if init_on_meta:
+        with torch.device("meta"):
+            model = GPT(model_args)
+        model.to_empty(device="cpu")
+        torch.manual_seed(seed)
+        model.init_weights(seed=seed)
+    else:
+        model = GPT(model_args)
+    bf16 = mixed_precision == "bf16"
+    model = parallelize_gpt(
+        model,
+        dims,
+        mesh,
+        device=device,
+        ac_mode=ac_mode,
+        ac_selective_option=ac_selective_option,
+        compile_enable=compile_enable,
+        compile_whole_model=compile_whole_model,
+        param_dtype=torch.bfloat16 if bf16 else torch.float32,
+        reshard_after_forward=reshard_after_forward,
+    )
+    optimizer = build_optimizer(
+        model,
+        lr=lr,
+        betas=betas,
+        eps=eps,
+        weight_decay=weight_decay,
+        implementation=optimizer_implementation,
+        device_type=device.type,
+    )
+    lr_scheduler = build_lr_scheduler(
+        optimizer,
+        warmup_steps=warmup_steps,
+        total_steps=total_steps,
+        decay_type=decay_type,
+        min_lr_ratio=min_lr_ratio,
+    )
+    return (module_cls or TrainModule)(
+        model,
+        optimizer,
+        lr_scheduler,
+        dims=dims,
+        device=device,
+        vocab_size=model_args.vocab_size,
+        bf16=bf16,
+        fused_loss=compile_enable,
+        max_norm=max_norm,
+    )
