@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from torchgpt.eval.loading import read_metrics
-from torchgpt.eval.report import logged_step_seconds
 from torchgpt.model.args import get_model_args, num_params
+from torchgpt.report import logged_step_seconds
 
 
 def _launch_time(run_dir: Path) -> float | None:

@@ -14,7 +14,7 @@ import argparse
 import logging
 import sys
 
-from torchgpt.eval.report import build_report
+from torchgpt.report import build_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,12 @@ import pytest
 import torch
 
 from tests.trainer_utils import run_trainer
-from torchgpt.checkpoint import CheckpointManager, ModelState, dcp_to_torch
+from torchgpt.checkpoint import (
+    CheckpointManager,
+    ModelState,
+    dcp_to_torch,
+    load_model_from_checkpoint,
+)
 from torchgpt.model import GPT, ModelArgs, get_model_args
 from torchgpt.testing import run_distributed_test
 
@@ -66,7 +71,7 @@ def test_single_file_and_hf_folder_give_the_checkpoint_logits(checkpoint, tmp_pa
     with torch.no_grad():
         expected = live_model(checkpoint)(tokens())
         assert torch.equal(model.eval()(tokens()), expected)
-        assert torch.equal(GPT.from_checkpoint(out)(tokens()), expected)
+        assert torch.equal(load_model_from_checkpoint(out)[0](tokens()), expected)
 
     transformers = pytest.importorskip("transformers")
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)

@@ -20,9 +20,9 @@ from torchgpt.checkpoint import CheckpointManager, ModelState
 from torchgpt.data.loader import build_val_batches
 from torchgpt.data.shards import ShardWriter
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
-from torchgpt.eval.report_md import one_line
 from torchgpt.eval.val import compute_val_loss
 from torchgpt.model import GPT, get_model_args, num_params
+from torchgpt.report.formatting import one_line
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from torchgpt.eval.report import build_report, load_report_data
-from torchgpt.eval.report_md import MAX_SAMPLE_CHECKPOINTS
+from torchgpt.report import build_report, load_report_data
+from torchgpt.report.formatting import MAX_SAMPLE_CHECKPOINTS
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
@@ -176,7 +176,7 @@ def test_errors_and_the_cli(tmp_path, run_dir, capsys):
 
 
 def test_benchmark_markers_keep_hand_written_sections(tmp_path):
-    from torchgpt.eval.report import BEGIN_MARK, END_MARK, _write_benchmark
+    from torchgpt.report.build import BEGIN_MARK, END_MARK, _write_benchmark
 
     path = tmp_path / "BENCHMARK.md"
     path.write_text(f"# Bench\nthroughput 123\n{BEGIN_MARK}\nold table\n{END_MARK}\nfooter\n")

@@ -1,5 +1,5 @@
 """The GPT model package: architecture args and flavors (`args`), the nn.Module (`gpt`),
-decoding with a KV cache (`generate`) and Hugging Face interop (`hf`, needs transformers).
+decoding with a KV cache (`generate`, `kv_cache`) and Hugging Face interop (`hf`, needs transformers).
 
 Import direction: this package imports neither `torchgpt.config` nor distributed code.
 """
@@ -12,8 +12,8 @@ from torchgpt.model.args import (
     num_matmul_params,
     num_params,
 )
-from torchgpt.model.generate import KVCache
 from torchgpt.model.gpt import GPT
+from torchgpt.model.kv_cache import KVCache
 
 __all__ = [
     "FLAVORS",

@@ -1,62 +1,15 @@
-"""Autoregressive decoding: the KV cache, next-token sampling (temperature, top-k, top-p)
-and the `generate` loop behind `GPT.generate`.
+"""Autoregressive decoding: next-token sampling (temperature, top-k, top-p) and the
+`generate` loop behind `GPT.generate`, over any model with GPT's forward signature and `args`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from torchgpt.model.gpt import GPT
+from torchgpt.model.kv_cache import KVCache, LayerKVCache
 
-
-class LayerKVCache:
-    """Keys and values of one attention layer, allocated on first use.
-
-    Args:
-        max_seq_len: number of positions to hold.
-    """
-
-    def __init__(self, max_seq_len: int) -> None:
-        self.max_seq_len = max_seq_len
-        self.k: Tensor | None = None
-        self.v: Tensor | None = None
-
-    def update(self, k: Tensor, v: Tensor, start_pos: int) -> tuple[Tensor, Tensor]:
-        """Store k, v (B, nh, T, hs) at positions start_pos.. and return all keys/values so far.
-
-        The buffers take the dtype of the first k/v, so the cache follows autocast.
-        """
-        if self.k is None:
-            B, nh, _, hs = k.shape
-            shape = (B, nh, self.max_seq_len, hs)
-            self.k = k.new_zeros(shape)
-            self.v = v.new_zeros(shape)
-        end = start_pos + k.size(2)
-        self.k[:, :, start_pos:end] = k
-        self.v[:, :, start_pos:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
-
-
-class KVCache:
-    """One `LayerKVCache` per block; index it with the block number.
-
-    Args:
-        n_layers: number of blocks.
-        max_seq_len: positions per layer (the model's context).
-    """
-
-    def __init__(self, n_layers: int, max_seq_len: int) -> None:
-        self.layers = [LayerKVCache(max_seq_len) for _ in range(n_layers)]
-
-    def __getitem__(self, i: int) -> LayerKVCache:
-        return self.layers[i]
-
-    def __len__(self) -> int:
-        return len(self.layers)
+__all__ = ["KVCache", "LayerKVCache", "generate", "sample_next"]
 
 
 def sample_next(
@@ -108,7 +61,7 @@ def _check_generate_args(
 
 @torch.no_grad()
 def generate(
-    model: GPT,
+    model: nn.Module,
     tokens: Tensor,
     max_new_tokens: int,
     temperature: float = 1.0,

@@ -8,7 +8,6 @@ materialized with `to_empty()` and then initialized.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -16,7 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchgpt.model.args import ModelArgs
-from torchgpt.model.generate import KVCache, LayerKVCache, generate
+from torchgpt.model.generate import generate
+from torchgpt.model.kv_cache import KVCache, LayerKVCache
 from torchgpt.model.rope import apply_rope, rope_tables
 
 
@@ -171,21 +171,6 @@ class GPT(nn.Module):
         cos, sin = self._rope_tables(device=None)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
-
-    @classmethod
-    def from_checkpoint(
-        cls, path: str | Path, which: str = "latest", dtype: torch.dtype | None = torch.float32
-    ) -> GPT:
-        """Build a CPU GPT (eval mode) from RUN_DIR/model.pt, a DCP step-N folder or a run dir.
-
-        A thin wrapper over `torchgpt.checkpoint.load_model_from_checkpoint` (which also
-        returns the step, config and model args); `which` picks "latest", "best" or "export"
-        in a run directory. Imported lazily: the model package never imports checkpoint code.
-        """
-        from torchgpt.checkpoint.loading import load_model_from_checkpoint
-
-        model, _ = load_model_from_checkpoint(path, which, dtype=dtype)
-        return model
 
     def _rope_tables(self, device: torch.device | None) -> tuple[Tensor | None, Tensor | None]:
         if self.args.pos_embedding != "rope":

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from torchgpt.eval.report import ReportData, logged_step_seconds
-from torchgpt.eval.report_md import (
+from torchgpt.report.data import ReportData, logged_step_seconds
+from torchgpt.report.formatting import (
     benchmark_rows,
     checkpoint_label,
     fmt_float,

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from torchgpt.eval.report import ReportData
+    from torchgpt.report.data import ReportData
 
 
 def _xy(points: list[dict], key: str) -> tuple[list[float], list[float]]:
