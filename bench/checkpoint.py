@@ -13,7 +13,7 @@ one warm-up save. The blocked figure of an async save is its staging rate (a mem
 every one of the ~300 per-tensor copies waits on an OpenMP barrier and staging gets several
 times slower (1.3 s instead of 0.1-0.5 s for 443 MB on a loaded 2-core machine).
 
-  python bench/checkpoint.py --flavor bench-30m --repeats 3
+  python bench/checkpoint.py --flavor gpt2-d384-l6 --repeats 3
 """
 
 from __future__ import annotations
@@ -97,7 +97,7 @@ def _row(name: str, seconds: list[float], mb: float) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--flavor", default="bench-30m")
+    p.add_argument("--flavor", default="gpt2-d384-l6")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (torchrun: 1 per rank)")

@@ -7,7 +7,7 @@
   python bench/memory_estimate.py --only recipe   # mini_gpt_100m's own real step here (2 procs)
   python bench/memory_estimate.py --with-tracker  # also MemTracker on the real tensors
 
-CPU table: for the debug config and the bench config (bench-30m flavor, seq 512, micro-batch
+CPU table: for the debug config and the bench config (gpt2-d384-l6 flavor, seq 512, micro-batch
 8, global batch 16,384 tokens) at 1 and 2 processes and AC none / selective / full, the
 analytic and traced per-rank peaks against the real peak of a real step, measured as
 documented in estimation/realstep.py (exact resident tensor bytes + peak-RSS growth during the
@@ -37,7 +37,7 @@ BENCH = (
     "bench",
     "train_configs/debug_model.toml",
     [
-        "--model.flavor=bench-30m",
+        "--model.flavor=gpt2-d384-l6",
         "--training.seq_len=512",
         "--training.micro_batch_size=8",
         "--training.global_batch_tokens=16384",

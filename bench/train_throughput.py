@@ -16,7 +16,7 @@ mmaps (mallopt): otherwise every step's logits and gradients (~1.7 GB) are new p
 kernel must fault in and zero, ~10% of the CPU time of a bf16 step. That is a process setting
 (like the thread count), not part of the Trainer; it applies to every setting alike.
 
-  python bench/train_throughput.py                      # bench-30m, seq 512, micro-batch 8
+  python bench/train_throughput.py                      # gpt2-d384-l6, seq 512, micro-batch 8
   python bench/train_throughput.py --settings eager-fp32,eager-bf16,compile-bf16 --profile
 """
 
@@ -235,7 +235,7 @@ def parse_args() -> argparse.Namespace:
         help="token shards from tools/prepare_data.py (default: tokenize "
         "the shared astronomy textbook into a temporary folder)",
     )
-    p.add_argument("--flavor", default="bench-30m")
+    p.add_argument("--flavor", default="gpt2-d384-l6")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--micro-batch-size", type=int, default=8)
     p.add_argument(

@@ -3,7 +3,8 @@
 Counts the tensors alive at the candidate peak moments of a steady-state step (optimizer
 state already allocated): the start of the last micro-batch's backward (all saved activations
 plus the logits / cross-entropy buffers), the backward of the last block, FSDP2's reduce-scatter
-of the root group (embeddings) at the end of backward, and the optimizer step. Parameter counts come from
+of the root group (embeddings) at the end of backward, and the optimizer step. Parameter counts
+come from
 torchgpt.model.args (`num_params`, `num_matmul_params`); activations are listed tensor by tensor
 as autograd saves them in torchgpt.model.gpt (see `saved_bytes_per_token`).
 """

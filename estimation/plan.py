@@ -12,11 +12,12 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from torchgpt.config import JobConfig
+from torchgpt.config import JobConfig, batch_problem, grad_accum_steps
 from torchgpt.model.args import ModelArgs, get_model_args
 from torchgpt.parallel.dims import ParallelDims
+from torchgpt.train_module import precision_mode
 
-PrecisionMode = Literal["fp32", "autocast-bf16", "fsdp-bf16"]
+PrecisionMode = Literal["fp32", "autocast-bf16", "fsdp-bf16"]  # train_module.precision_mode
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,10 @@ class TrainingPlan:
 
     @property
     def grad_accum(self) -> int:
-        """Micro-steps per optimizer step (same arithmetic as JobConfig.grad_accum_steps)."""
-        return self.global_batch_tokens // (self.tokens_per_micro_batch * self.dp_degree)
+        """Micro-steps per optimizer step (the trainer's torchgpt.config.grad_accum_steps)."""
+        return grad_accum_steps(
+            self.global_batch_tokens, self.micro_batch_size, self.seq_len, self.dp_degree
+        )
 
     @property
     def total_tokens(self) -> int:
@@ -120,9 +123,7 @@ class TrainingPlan:
     def precision_mode(self) -> PrecisionMode:
         """How bf16 is applied, as the trainer does: FSDP2 MixedPrecisionPolicy when sharded,
         autocast otherwise (one device or DDP); fp32 everywhere when configured so."""
-        if self.mixed_precision == "fp32":
-            return "fp32"
-        return "fsdp-bf16" if self.fsdp else "autocast-bf16"
+        return precision_mode(self.mixed_precision == "bf16", fsdp=self.fsdp)
 
     def layout_text(self) -> str:
         """One line describing the data-parallel layout."""
@@ -143,13 +144,11 @@ class TrainingPlan:
     # ---- variations ---------------------------------------------------------------------
     def check_batch(self) -> None:
         """Raise ValueError unless the global batch splits into whole micro-batches."""
-        per_micro = self.tokens_per_micro_batch * self.dp_degree
-        if self.global_batch_tokens % per_micro != 0:
-            raise ValueError(
-                f"training.global_batch_tokens: {self.global_batch_tokens} is not divisible by "
-                f"micro_batch_size x seq_len x data-parallel degree = {self.micro_batch_size} x "
-                f"{self.seq_len} x {self.dp_degree} = {per_micro}; pick a multiple of {per_micro}"
-            )
+        problem = batch_problem(
+            self.global_batch_tokens, self.micro_batch_size, self.seq_len, self.dp_degree
+        )
+        if problem:
+            raise ValueError(problem)
 
     def replace(self, **changes: object) -> TrainingPlan:
         """A copy with `changes` applied; a new world_size re-infers the shard degree.

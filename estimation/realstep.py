@@ -6,7 +6,8 @@ Method (per rank; see `measure_in_this_process`):
      tensor leaves the resident set immediately instead of being reused later from a cache;
      torch's CPU allocator is plain malloc/free, with no caching layer of its own.
   2. The trainer's own TrainModule is built (meta -> to_empty -> init_weights ->
-     parallelize_gpt, the trainer's optimizer and clipping) and one warm-up step runs, so kernels and libraries are loaded and the
+     parallelize_gpt, the trainer's optimizer and clipping) and one warm-up step runs, so
+     kernels and libraries are loaded and the
      AdamW state exists (the steady state of every later step); gradients are then dropped.
   3. The bytes of every storage alive at that point (parameters or their FSDP shards,
      buffers, AdamW state) are summed exactly from the tensors.

@@ -78,7 +78,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         "| final val loss |\n|---|---|---|---|---|---|---|---|"
     )
     body = [
-        f"| {Path(r['run']).name} | {r['flavor']} | {r['params']:,} ({r['params_non_embedding']:,}) "
+        f"| {Path(r['run']).name} | {r['flavor']} | "
+        f"{r['params']:,} ({r['params_non_embedding']:,}) "
         f"| {r['steps']} | {r['tokens_seen']:,} | {r['wall_clock_min']:.1f} min "
         f"| {r['tokens_per_s']:,.0f} | {r['final_val_loss']:.4f} |"
         for r in rows

@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         (out / "lr_range_test.json").write_text(json.dumps(result, indent=2))
         plot(lrs, losses, result, out / "lr_range_test.png")
         print(
-            f"lr at min loss {result['lr_min_loss']:.3g}, steepest descent {result['lr_steepest']:.3g}"
+            f"lr at min loss {result['lr_min_loss']:.3g}, "
+            f"steepest descent {result['lr_steepest']:.3g}"
             f" -> suggested lr_max {result['suggested_lr_max']:.3g}  ({out / 'lr_range_test.png'})"
         )
     if dist.is_initialized():

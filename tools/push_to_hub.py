@@ -7,7 +7,8 @@ the run's model card with the Hub's metadata header, plus the report files besid
 (BENCHMARK.md, LOSS_CURVE.png, SAMPLES.md). Before anything is uploaded, the staged folder is
 loaded back with transformers and its logits are compared with torchgpt's on a fixed text.
 
-python tools/push_to_hub.py outputs/reference --repo-id me/torchgpt-ref --card MODEL_CARD.md --dry-run
+python tools/push_to_hub.py outputs/reference --repo-id me/torchgpt-ref --card MODEL_CARD.md \
+    --dry-run
 python tools/push_to_hub.py outputs/reference --repo-id me/torchgpt-ref --card MODEL_CARD.md
 
 Uploading needs network access and a token (`huggingface-cli login` or HF_TOKEN); --dry-run

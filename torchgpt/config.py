@@ -13,6 +13,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 
+def grad_accum_steps(
+    global_batch_tokens: int, micro_batch_size: int, seq_len: int, dp_degree: int
+) -> int:
+    """Micro-steps per optimizer step so that one step sees global_batch_tokens tokens."""
+    return global_batch_tokens // (micro_batch_size * seq_len * dp_degree)
+
+
+def batch_problem(
+    global_batch_tokens: int, micro_batch_size: int, seq_len: int, dp_degree: int
+) -> str | None:
+    """Why the global batch does not split into whole micro-batches over the ranks, or None."""
+    per_micro = micro_batch_size * seq_len * dp_degree
+    if global_batch_tokens % per_micro == 0:
+        return None
+    return (
+        f"training.global_batch_tokens: {global_batch_tokens} is not divisible by "
+        f"micro_batch_size x seq_len x data-parallel degree = {micro_batch_size} x "
+        f"{seq_len} x {dp_degree} = {per_micro}; pick a multiple of {per_micro}"
+    )
+
+
 class ConfigError(ValueError):
     """Every problem found in a config, reported together."""
 
@@ -37,7 +58,8 @@ class Job:
 @dataclass
 class Model:
     flavor: str = "gpt2-124m"
-    """Named ModelArgs flavor from torchgpt.model.args.FLAVORS (e.g. debug, gpt2-124m, modern-124m)."""
+    """Named ModelArgs flavor from torchgpt.model.args.FLAVORS (e.g. debug, gpt2-124m,
+    modern-124m)."""
     qk_norm: bool = False
     """Apply RMSNorm to queries and keys (stabilises modern-* flavors at high lr)."""
 
@@ -45,13 +67,16 @@ class Model:
 @dataclass
 class Data:
     dataset_path: str = "./data/fineweb_edu"
-    """Folder of token shards written by tools/prepare_data.py (train_*.bin, val_*.bin, manifest.json)."""
+    """Folder of token shards written by tools/prepare_data.py (train_*.bin, val_*.bin,
+    manifest.json)."""
     tokenizer_dir: str = ""
-    """Folder with GPT-2 vocab.bpe + encoder.json for offline use; empty -> env TORCHGPT_GPT2_BPE_DIR or the hub."""
+    """Folder with GPT-2 vocab.bpe + encoder.json for offline use; empty -> env
+    TORCHGPT_GPT2_BPE_DIR or the hub."""
     num_workers: int = 0
     """DataLoader worker processes that prefetch windows (0 = load in the training process)."""
     allow_data_change: bool = False
-    """Resume even when the shard fingerprint differs from the checkpoint's (data order restarts)."""
+    """Resume even when the shard fingerprint differs from the checkpoint's (data order
+    restarts)."""
 
 
 @dataclass
@@ -59,7 +84,8 @@ class Training:
     steps: int = 100
     """Optimizer steps to run."""
     global_batch_tokens: int = 524_288
-    """Tokens per optimizer step over all ranks (GPT-3 small used 0.5M); sets gradient accumulation."""
+    """Tokens per optimizer step over all ranks (GPT-3 small used 0.5M); sets gradient
+    accumulation."""
     micro_batch_size: int = 8
     """Sequences per rank per forward/backward."""
     seq_len: int = 1024
@@ -67,7 +93,8 @@ class Training:
     max_norm: float = 1.0
     """Clip the global gradient norm to this value (<= 0 disables clipping)."""
     mixed_precision: Literal["bf16", "fp32"] = "bf16"
-    """bf16: FSDP2 MixedPrecisionPolicy (bf16 compute, fp32 master weights and reduction) or autocast on one device."""
+    """bf16: FSDP2 MixedPrecisionPolicy (bf16 compute, fp32 master weights and reduction) or
+    autocast on one device."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """What a NaN/Inf loss does: stop with an error naming the step, or skip that optimizer step."""
 
@@ -102,11 +129,13 @@ class LRScheduler:
 @dataclass
 class Parallelism:
     dp_replicate: int = 1
-    """Replicated data-parallel degree (HSDP when > 1 together with dp_shard > 1; DDP when dp_shard == 1)."""
+    """Replicated data-parallel degree (HSDP when > 1 together with dp_shard > 1; DDP when
+    dp_shard == 1)."""
     dp_shard: int = -1
     """Sharded (FSDP2) data-parallel degree; -1 infers world_size / dp_replicate."""
     data_parallel: Literal["fsdp", "ddp"] = "fsdp"
-    """fsdp: FSDP2 fully_shard (HSDP with dp_replicate > 1); ddp: torch replicate over all ranks."""
+    """fsdp: FSDP2 fully_shard (HSDP with dp_replicate > 1); ddp:
+    torch.nn.parallel.DistributedDataParallel over all ranks."""
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     """Free all-gathered params after forward: default = every block but the last (TorchTitan)."""
 
@@ -116,7 +145,8 @@ class ActivationCheckpoint:
     mode: Literal["none", "full", "selective"] = "selective"
     """none: keep all activations; full: recompute every block; selective: see selective_option."""
     selective_option: str = "op"
-    """'op': save matmul/attention outputs, recompute pointwise ops; an integer N: checkpoint every Nth block."""
+    """'op': save matmul/attention outputs, recompute pointwise ops; an integer N: checkpoint
+    every Nth block."""
 
 
 @dataclass
@@ -138,7 +168,8 @@ class Checkpoint:
     resume: Literal["auto", "none"] = "auto"
     """auto: continue from the newest complete checkpoint of this run, if any."""
     load_step: int = -1
-    """Resume from exactly this step (an error if it is missing or incomplete); -1 = as resume says."""
+    """Resume from exactly this step (an error if it is missing or incomplete); -1 = as resume
+    says."""
     load_path: str = ""
     """Resume from this checkpoint folder (overrides resume / load_step)."""
     async_mode: Literal["disabled", "async"] = "disabled"
@@ -213,4 +244,4 @@ class JobConfig:
     def grad_accum_steps(self, dp_degree: int) -> int:
         """Micro-steps per optimizer step so that one step sees global_batch_tokens tokens."""
         t = self.training
-        return t.global_batch_tokens // (t.micro_batch_size * t.seq_len * dp_degree)
+        return grad_accum_steps(t.global_batch_tokens, t.micro_batch_size, t.seq_len, dp_degree)

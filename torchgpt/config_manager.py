@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from torchgpt.config import ConfigError, JobConfig
+from torchgpt.config import ConfigError, JobConfig, batch_problem
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -191,7 +191,7 @@ def load_config(
 
 
 def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
-    """Every out-of-range or inconsistent value; batch arithmetic checked when world_size is given."""
+    """Every out-of-range or inconsistent value; batch arithmetic too when world_size is given."""
     from torchgpt.model.args import FLAVORS
 
     p: list[str] = []
@@ -260,14 +260,8 @@ def _validate_layout(cfg: JobConfig, world_size: int) -> list[str]:
         dims = ParallelDims.from_config(par, world_size)
     except ValueError as e:
         return [str(e)]
-    per_micro = t.micro_batch_size * t.seq_len * dims.dp_degree
-    if t.global_batch_tokens % per_micro != 0:
-        return [
-            f"training.global_batch_tokens: {t.global_batch_tokens} is not divisible by "
-            f"micro_batch_size x seq_len x data-parallel degree = {t.micro_batch_size} x "
-            f"{t.seq_len} x {dims.dp_degree} = {per_micro}; pick a multiple of {per_micro}"
-        ]
-    return []
+    problem = batch_problem(t.global_batch_tokens, t.micro_batch_size, t.seq_len, dims.dp_degree)
+    return [problem] if problem else []
 
 
 def help_text() -> str:

@@ -70,7 +70,7 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
-    from torchgpt.preflight import LAUNCH_ID_ENV
+    from torchgpt.run_files import LAUNCH_ID_ENV
 
     os.environ[LAUNCH_ID_ENV] = uuid.uuid4().hex  # the workers inherit it (see preempted.json)
     if nproc > 1:
@@ -110,7 +110,7 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
 
 def _preemption_record(run_dir: str) -> dict | None:
     """This launch's preempted.json (written by rank 0 after its preemption checkpoint)."""
-    from torchgpt.preflight import LAUNCH_ID_ENV, PREEMPTED_NAME
+    from torchgpt.run_files import LAUNCH_ID_ENV, PREEMPTED_NAME
 
     try:
         record = json.loads((Path(run_dir) / PREEMPTED_NAME).read_text())

@@ -1,4 +1,5 @@
-"""Training metrics: throughput, MFU, memory, and their sinks (console, JSON lines, TensorBoard, W&B).
+"""Training metrics: throughput, MFU, memory, and their sinks (console, JSON lines, TensorBoard,
+W&B).
 
 Only rank 0 writes. W&B runs offline when there is no API key, and any W&B failure disables it
 with a warning instead of stopping training.
@@ -27,12 +28,6 @@ def peak_memory_gib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def current_rss_gib() -> float:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**30
-
-
 class StepTimer:
     """Accumulates wall time per phase (data, forward_backward, optimizer) between log steps."""
 
@@ -58,6 +53,62 @@ class StepTimer:
     def pop(self) -> dict[str, float]:
         totals, self.totals = self.totals, {}
         return totals
+
+
+def step_record(
+    *,
+    step: int,
+    loss: float,
+    grad_norm: float,
+    lr: float,
+    tokens_seen: int,
+    tokens: int,
+    seconds: float,
+    steps: int,
+    phases: dict[str, float],
+    world_size: int,
+    flops_per_token: float,
+    peak_tflops: float | None,
+    peak_memory_gib: float,
+) -> dict[str, Any]:
+    """The metrics.jsonl record of a log step: `tokens` trained over `steps` steps in `seconds`.
+
+    MFU (PaLM, appendix B: achieved model FLOP/s over the device's peak) is included only when
+    the peak is known.
+    """
+    seconds = max(seconds, 1e-9)
+    tps = tokens / seconds
+    tps_dev = tps / world_size
+    record: dict[str, Any] = {
+        "step": step,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        "lr": lr,
+        "tokens_seen": tokens_seen,
+        "tokens_per_s": tps,
+        "tokens_per_s_per_device": tps_dev,
+        "tflops_per_device": tps_dev * flops_per_token / 1e12,
+        "step_time_s": seconds / steps,
+        "data_share": phases.get("data", 0.0) / seconds,
+        "peak_memory_gib": peak_memory_gib,
+    }
+    for k, v in phases.items():
+        record[f"time_{k}_s"] = v / steps
+    if peak_tflops:
+        record["mfu"] = record["tflops_per_device"] / peak_tflops
+    return record
+
+
+def console_line(record: dict[str, Any], total_steps: int) -> str:
+    """The terminal line of a step record: progress, loss, rate, MFU, memory, ETA."""
+    mfu = f"  mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""
+    remaining = (total_steps - record["step"]) * record["step_time_s"]
+    return (
+        f"step {record['step']:>6}/{total_steps}  loss {record['loss']:.4f}  "
+        f"gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
+        f"tok/s {record['tokens_per_s']:,.0f}{mfu}  mem {record['peak_memory_gib']:.2f}GiB  "
+        f"data {100 * record['data_share']:.0f}%  eta {remaining / 60:.1f}min"
+    )
 
 
 class MetricsLogger:

@@ -13,11 +13,6 @@ from pathlib import Path
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import load_config
 
-# A preemption that saved its checkpoint leaves RUN_DIR/preempted.json holding the id that the
-# launcher put in the workers' environment; the launcher then exits 0 (README's exit codes).
-PREEMPTED_NAME = "preempted.json"
-LAUNCH_ID_ENV = "TORCHGPT_LAUNCH_ID"
-
 
 def check_data(cfg: JobConfig) -> list[str]:
     """Problems with `data.dataset_path`: manifest, shards, tokenizer, room for one window."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
 import torch
@@ -75,6 +75,14 @@ def _compiled_cross_entropy_sum(
     return _CrossEntropySum.apply(logits, targets, vocab_size)
 
 
+def precision_mode(bf16: bool, *, fsdp: bool) -> Literal["fp32", "fsdp-bf16", "autocast-bf16"]:
+    """How bf16 is applied: FSDP2's MixedPrecisionPolicy when sharded (it casts the parameters
+    itself), autocast otherwise (one device or DDP); nothing in fp32."""
+    if not bf16:
+        return "fp32"
+    return "fsdp-bf16" if fsdp else "autocast-bf16"
+
+
 def token_loss(
     logits: torch.Tensor, targets: torch.Tensor, denom: int, *, vocab_size: int, fused: bool
 ) -> torch.Tensor:
@@ -122,8 +130,7 @@ class TrainModule:
 
     # ---- policies ------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager:
-        # FSDP2 casts parameters itself (MixedPrecisionPolicy); elsewhere bf16 comes from autocast.
-        if self.bf16 and not self.dims.fsdp_enabled:
+        if precision_mode(self.bf16, fsdp=self.dims.fsdp_enabled) == "autocast-bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -221,21 +228,64 @@ class TrainModule:
             self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
 
-    @torch.no_grad()
     def eval_loss(self, batches: Sequence[Batch]) -> float:
         """Mean token cross-entropy over `batches` of every rank (all-reduced)."""
-        self.model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        return mean_token_loss(
+            self.model,
+            batches,
+            autocast=self.autocast,
+            loss_sum=lambda logits, targets: self.loss_fn(logits, targets, 1),
+            all_reduce=True,
+        )
+
+
+def perplexity(loss: float) -> float:
+    """exp(loss), capped at exp(50) so that a diverged run still logs a finite number."""
+    return math.exp(min(loss, 50.0))
+
+
+@torch.no_grad()
+def mean_token_loss(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    autocast: Callable[[], contextlib.AbstractContextManager] | None = None,
+    loss_sum: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = token_cross_entropy_sum,
+    all_reduce: bool = False,
+) -> float:
+    """The validation loss: summed fp32 token cross-entropy / target tokens, in float64.
+
+    The one definition of validation, used by the Trainer (through TrainModule.eval_loss,
+    across ranks) and by the evaluation tools (torchgpt.eval.val, one process).
+
+    Args:
+        model: (B, T) ids -> (B, T, vocab) logits; in eval mode for the call, restored after.
+        batches: (inputs, targets) pairs.
+        autocast: context-manager factory around each forward (None: parameters' dtype).
+        loss_sum: summed loss of one batch's logits and targets.
+        all_reduce: sum over all ranks of the default process group before dividing.
+
+    Raises:
+        ValueError: no target tokens at all.
+    """
+    device = next(model.parameters()).device
+    total = torch.zeros(2, dtype=torch.float64, device=device)
+    was_training = model.training
+    model.eval()
+    try:
         for inputs, targets in batches:
-            inputs, targets = inputs.to(self.device), targets.to(self.device)
-            with self.autocast():
-                logits = self.model(inputs)
-            total[0] += self.loss_fn(logits, targets, 1).double()
+            inputs, targets = inputs.to(device), targets.to(device)
+            with autocast() if autocast is not None else contextlib.nullcontext():
+                logits = model(inputs)  # (B, T, vocab)
+            total[0] += loss_sum(logits, targets).double()
             total[1] += targets.numel()
-        if dist.is_initialized():
-            dist.all_reduce(total)
-        self.model.train()
-        return (total[0] / total[1]).item()
+    finally:
+        model.train(was_training)
+    if all_reduce and dist.is_initialized():
+        dist.all_reduce(total)
+    if total[1].item() == 0:
+        raise ValueError("no validation batches: check the val shards and validation.tokens")
+    return (total[0] / total[1]).item()
 
 
 def build_train_module(

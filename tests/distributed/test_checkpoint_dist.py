@@ -69,7 +69,7 @@ def _states(model: nn.Module, opt: torch.optim.Optimizer) -> dict:
 
 
 def _full(model: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """A copy of the full (unsharded) model and optimizer state; on 2 ranks only rank 0's is full."""
+    """A copy of the full (unsharded) model and optimizer state; on 2 ranks only rank 0 holds it."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=dist.is_initialized())
     # deepcopy: the dicts share tensors (params, the AdamW step) that training goes on changing.
     return copy.deepcopy(

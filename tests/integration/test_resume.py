@@ -151,7 +151,7 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 
 def copy_checkpoint(src_run: Path, step: int, dst_dump: Path) -> Path:
-    """A fresh run directory holding only `src_run`'s step-N checkpoint (a job that died after it)."""
+    """A fresh run directory with only `src_run`'s step-N checkpoint (a job that died after it)."""
     dst = dst_dump / "debug" / "checkpoints" / f"step-{step}"
     shutil.copytree(src_run / "checkpoints" / f"step-{step}", dst)
     return dst_dump / "debug"

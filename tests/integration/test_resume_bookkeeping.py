@@ -53,7 +53,9 @@ def test_best_latest_and_retention_at_the_trainer_level(token_shards, tmp_path):
     best_model, meta = load_model_from_checkpoint(run_dir, "best")
     assert (meta["kind"], meta["step"], meta["val_loss"]) == ("dcp", 2, val[2])
     latest_model, meta = load_model_from_checkpoint(run_dir, "latest")
-    assert (meta["kind"], meta["step"]) == ("export", 6)  # model.pt, written after step 6
+    # step-6 and model.pt (written after step 6) are the same step: the full-precision DCP wins.
+    assert (meta["kind"], meta["step"]) == ("dcp", 6)
+    assert load_model_from_checkpoint(run_dir, "export")[1]["step"] == 6
     tokens = torch.arange(64).view(1, 64) * 101
     with torch.no_grad():
         assert not torch.equal(best_model(tokens), latest_model(tokens))
@@ -94,7 +96,7 @@ def test_async_checkpoints_report_blocked_time_and_bf16_export(token_shards, tmp
     for key, value in final.items():
         assert exported[key].dtype == torch.bfloat16, key
         assert torch.equal(exported[key], value.to(torch.bfloat16)), key
-    model_bf16, meta = load_model_from_checkpoint(run_dir, dtype=None)
+    model_bf16, meta = load_model_from_checkpoint(run_dir, "export", dtype=None)
     assert meta["kind"] == "export" and next(model_bf16.parameters()).dtype == torch.bfloat16
     model_fp32, _ = load_model_from_checkpoint(run_dir / "checkpoints" / "step-4")
     tokens = torch.arange(64).view(1, 64) * 101

@@ -79,9 +79,8 @@ def test_paths_resolve_to_the_right_weights(run):
         (ckpts / f"step-{step}" / MARKER_NAME).unlink()
     model, meta = load_model_from_checkpoint(run_dir)
     assert (meta["kind"], meta["source"]) == ("export", str(run_dir / "model.pt"))
-    assert next(GPT.from_checkpoint(run_dir, dtype=torch.bfloat16).parameters()).dtype == (
-        torch.bfloat16
-    )
+    bf16, _ = load_model_from_checkpoint(run_dir, dtype=torch.bfloat16)
+    assert next(bf16.parameters()).dtype == torch.bfloat16
 
 
 def test_dcp_to_torch_records_step_and_stores_a_tied_head_once(run, tmp_path):

@@ -49,7 +49,7 @@ class Counters:
 
 
 class Bundle:
-    """A tiny trainer: model, AdamW, LambdaLR, loader, counters and RNG, as the Trainer wires them."""
+    """A tiny trainer: model, AdamW, LambdaLR, loader, counters, RNG, wired as the Trainer does."""
 
     def __init__(self, seed: int = 0, hidden: int = 16) -> None:
         torch.manual_seed(seed)

@@ -69,7 +69,7 @@ def test_no_accumulation_means_no_gradients_at_the_loss_peak() -> None:
 
 
 def test_activation_checkpointing_orders_memory() -> None:
-    bench = ["--model.flavor=bench-30m", "--training.seq_len=512"]
+    bench = ["--model.flavor=gpt2-d384-l6", "--training.seq_len=512"]
     peaks = [
         analytic_memory(plan_for([*bench, f"--activation_checkpoint.mode={m}"])).peak_bytes
         for m in ("none", "selective", "full")

@@ -63,7 +63,9 @@ def test_export_file_round_trip_in_float32(tmp_path):
     ref = {k: v.to(torch.bfloat16).float() for k, v in model.state_dict().items()}
     for key, value in loaded.state_dict().items():
         torch.testing.assert_close(value, ref[key], rtol=0, atol=0)
-    assert meta["kind"] == "export" and meta["step"] is None and meta["run_dir"] is None
+    # No recorded step: the export's run length (training.steps of its config), no run dir.
+    assert meta["kind"] == "export" and meta["run_dir"] is None
+    assert meta["step"] == CONFIG.get("training", {}).get("steps")
 
 
 def test_dcp_folder_and_run_dir_pick_the_right_checkpoint(run_dir):
@@ -101,7 +103,7 @@ def test_errors_name_the_path_and_the_fix(tmp_path, run_dir):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither a DCP checkpoint folder"):
         load_model(tmp_path / "empty")
-    (tmp_path / "fresh").mkdir()
+    (tmp_path / "fresh" / "checkpoints").mkdir(parents=True)
     (tmp_path / "fresh" / "config.json").write_text("{}")
     with pytest.raises(ValueError, match="no complete checkpoint"):
         load_model(tmp_path / "fresh")

@@ -19,6 +19,7 @@ from torchgpt.model import (
     num_matmul_params,
     num_params,
 )
+from torchgpt.model.generate import check_token_ids
 
 GPT2_SMALL_PARAMS = 124_439_808  # published GPT-2 small count (tied, vocab 50257)
 
@@ -203,13 +204,18 @@ def test_bf16_autocast_keeps_compute_dtype():
     torch.testing.assert_close(low.float(), model(tokens), rtol=0, atol=0.05)
 
 
-def test_token_id_out_of_range_raises():
+def test_token_id_out_of_range_raises_in_generate_not_in_forward():
+    # forward() reads no token values (that would be a host sync per micro-step on a GPU);
+    # generate() checks its prompt once, the training loader checks every window.
     model = build("debug")
     for bad in (50257, 50300, -1):
         tokens = torch.zeros(1, 8, dtype=torch.long)
         tokens[0, 3] = bad
         with pytest.raises(ValueError, match="vocab_size=50257"):
-            model(tokens)
+            check_token_ids(tokens, model.args.vocab_size)
+        with pytest.raises(ValueError, match="vocab_size=50257"):
+            model.generate(tokens, 2)
+    check_token_ids(torch.tensor([[0, 50256]]), 50257)
 
 
 @pytest.mark.parametrize("flavor", ["debug", "debug-modern"])

@@ -1,4 +1,4 @@
-"""tools/push_to_hub.py: the staged folder loads in transformers with equal logits and a Hub card."""
+"""tools/push_to_hub.py: the staged folder loads in transformers, equal logits, and a Hub card."""
 
 import sys
 from dataclasses import asdict

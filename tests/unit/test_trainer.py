@@ -1,4 +1,4 @@
-"""Single-process Trainer properties: accumulation == big batch, AC modes equal, compile ~= eager."""
+"""Single-process Trainer: accumulation == big batch, AC modes agree, compile ~= eager, NaN."""
 
 import json
 import math

@@ -55,9 +55,10 @@ def _pick_in_run(run_dir: Path, which: str, allow_export: bool) -> Path:
             raise ValueError(f"run directory {run_dir} has no {EXPORT_NAME}; use which=latest")
         return export
     if allow_export and export.is_file():
-        # model.pt is the final model unless the run was extended and saved later steps.
+        # model.pt is newer only when the run saved no checkpoint of its last step; at the same
+        # step the DCP checkpoint wins (full-precision weights; the export may be bf16).
         export_step = _export_step(load_model_only(export, mmap=True))
-        if export_step is not None and export_step >= complete[-1][0]:
+        if export_step is not None and export_step > complete[-1][0]:
             return export
     if not complete:
         raise ValueError(
@@ -73,9 +74,9 @@ def resolve_checkpoint(path: str | Path, which: str = "latest", allow_export: bo
 
     Args:
         path: an export file, a step-N folder, a run directory or its checkpoints/ folder.
-        which: for a run directory: "latest" (RUN_DIR/model.pt when it is at least as new as
-            the newest complete checkpoint, else that checkpoint), "best" (lowest validation
-            loss, from best.json) or "export" (RUN_DIR/model.pt).
+        which: for a run directory: "latest" (the newest complete checkpoint; RUN_DIR/model.pt
+            only when it is newer than every checkpoint, or there is none), "best" (lowest
+            validation loss, from best.json) or "export" (RUN_DIR/model.pt).
         allow_export: False picks among DCP checkpoints only (for conversions).
 
     Raises:

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import random
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -28,13 +28,9 @@ from torch.distributed.checkpoint.stateful import Stateful
 
 logger = logging.getLogger(__name__)
 
-# One flat {fqn.state_name: tensor} dict per optimizer: several model parts (pipeline stages)
-# merge into one dict, and a different parallel layout reshards it (TorchTitan does the same).
+# One flat {fqn.state_name: tensor} dict: a different parallel layout reshards it on load
+# (TorchTitan does the same).
 _OPTIM_OPTIONS = StateDictOptions(flatten_optimizer_state_dict=True)
-
-
-def _as_list(obj: Any) -> list:
-    return list(obj) if isinstance(obj, (list, tuple)) else [obj]
 
 
 def _to_bytes(obj: Any) -> bytes:
@@ -54,57 +50,29 @@ class ModelState(Stateful):
     get_model_state_dict drops the `_orig_mod.` (torch.compile) and
     `_checkpoint_wrapped_module.` (activation checkpointing) prefixes, so one checkpoint loads
     into a plain, compiled or FSDP-sharded model alike.
-
-    Args:
-        model: one module, or a list of model parts (e.g. pipeline stages) saved as one dict.
     """
 
-    def __init__(self, model: nn.Module | Sequence[nn.Module]) -> None:
-        self.model_parts: list[nn.Module] = _as_list(model)
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
 
     def state_dict(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for part in self.model_parts:
-            merged.update(get_model_state_dict(part))
-        return merged
+        return get_model_state_dict(self.model)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # Each part takes its own keys; strictness only makes sense for a single part.
-        options = StateDictOptions(strict=len(self.model_parts) == 1)
-        for part in self.model_parts:
-            set_model_state_dict(part, state_dict, options=options)
+        set_model_state_dict(self.model, state_dict)
 
 
 class OptimizerState(Stateful):
-    """Optimizer state (moments, step counts, param groups) keyed by parameter FQNs.
+    """Optimizer state (moments, step counts, param groups) keyed by parameter FQNs."""
 
-    Args:
-        model: the module (or list of parts) the optimizer(s) update.
-        optimizer: one optimizer, or one per model part.
-    """
-
-    def __init__(
-        self,
-        model: nn.Module | Sequence[nn.Module],
-        optimizer: torch.optim.Optimizer | Sequence[torch.optim.Optimizer],
-    ) -> None:
-        self.model_parts: list[nn.Module] = _as_list(model)
-        self.optimizers: list[torch.optim.Optimizer] = _as_list(optimizer)
-        if len(self.model_parts) != len(self.optimizers):
-            raise ValueError(
-                f"OptimizerState got {len(self.model_parts)} model parts and "
-                f"{len(self.optimizers)} optimizers; pass one optimizer per model part"
-            )
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self.model, self.optimizer = model, optimizer
 
     def state_dict(self) -> dict[str, Any]:
-        merged: dict[str, Any] = {}
-        for part, optim in zip(self.model_parts, self.optimizers, strict=True):
-            merged.update(get_optimizer_state_dict(part, optim, options=_OPTIM_OPTIONS))
-        return merged
+        return get_optimizer_state_dict(self.model, self.optimizer, options=_OPTIM_OPTIONS)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for part, optim in zip(self.model_parts, self.optimizers, strict=True):
-            set_optimizer_state_dict(part, optim, state_dict, options=_OPTIM_OPTIONS)
+        set_optimizer_state_dict(self.model, self.optimizer, state_dict, options=_OPTIM_OPTIONS)
 
 
 def _rank() -> int:
@@ -171,3 +139,24 @@ class PickledState(Stateful):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.inner.load_state_dict(_from_bytes(state_dict["pickle"]))
+
+
+class TrainState(Stateful):
+    """Counters that must survive a restart (the step, tokens seen, best validation loss)."""
+
+    def __init__(self) -> None:
+        self.step = 0
+        self.tokens_seen = 0
+        self.best_val_loss = math.inf
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "best_val_loss": self.best_val_loss,
+        }
+
+    def load_state_dict(self, sd: dict) -> None:
+        self.step = int(sd["step"])
+        self.tokens_seen = int(sd["tokens_seen"])
+        self.best_val_loss = float(sd["best_val_loss"])

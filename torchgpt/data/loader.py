@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
-from torchdata.stateful_dataloader import StatefulDataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from torchgpt.data.shards import (
     data_fingerprint,
@@ -161,7 +159,7 @@ class TrainLoader:
 
     Each item is a pair of int64 tensors of shape (micro_batch_size, seq_len); targets are the
     inputs shifted by one token. Epochs roll over with a fresh permutation. Batches are produced
-    by torchdata's StatefulDataLoader (worker prefetch, pinned memory); the state counts only
+    by a torch DataLoader (worker prefetch, pinned memory); the state counts only
     what this object has handed out, so prefetched batches never leak into a checkpoint.
 
     Args:
@@ -242,18 +240,17 @@ class TrainLoader:
             dp_world_size=self.dp_world_size,
         )
         extra = {"prefetch_factor": 2, "persistent_workers": False} if self.num_workers else {}
-        with warnings.catch_warnings():
-            # torchdata 0.11 calls the deprecated torch.set_vital on every construction: noise
-            # nobody can act on, repeated at each resume.
-            warnings.filterwarnings("ignore", "'set_vital' is deprecated", UserWarning)
-            loader = StatefulDataLoader(
-                self.dataset,
-                batch_sampler=sampler,
-                num_workers=self.num_workers,
-                collate_fn=_collate,
-                pin_memory=self.pin_memory,
-                **extra,
-            )
+        # A plain DataLoader: the resumable state is the sampler's start position (a window
+        # count), so the loader itself needs none; workers only prefetch what the sampler
+        # names, and batches prefetched but never handed out are not counted.
+        loader = DataLoader(
+            self.dataset,
+            batch_sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+            pin_memory=self.pin_memory,
+            **extra,
+        )
         return iter(loader)
 
     def __iter__(self) -> TrainLoader:

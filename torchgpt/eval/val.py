@@ -1,28 +1,28 @@
 """Validation loss of a checkpoint on the prepared val shards, defined exactly as the trainer's.
 
 `compute_val_loss` is the mean token cross-entropy in fp32 over the fixed val windows (summed in
-float64, divided by the token count), the trainer's `validate()` on one process.
+float64, divided by the token count): torchgpt.train_module.mean_token_loss, the function the
+trainer validates with, on one process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import math
+import functools
 import os
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from torchgpt.train_module import mean_token_loss, perplexity
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-@torch.no_grad()
 def compute_val_loss(
     model: nn.Module, batches: Iterable[Batch], autocast_dtype: torch.dtype | None = None
 ) -> float:
-    """Mean token cross-entropy of `model` over (inputs, targets) batches.
+    """Mean token cross-entropy of `model` over (inputs, targets) batches, on one process.
 
     Args:
         model: maps (B, T) token ids to (B, T, vocab) logits; put in eval mode for the call and
@@ -32,40 +32,17 @@ def compute_val_loss(
             run); None runs in the parameters' dtype. The loss is always taken in fp32.
 
     Returns:
-        Sum of per-token losses divided by the number of target tokens.
+        Sum of per-token losses divided by the number of target tokens (the trainer's
+        definition: torchgpt.train_module.mean_token_loss).
 
     Raises:
         ValueError: `batches` is empty.
     """
-    device = next(model.parameters()).device
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    num_tokens = 0
-    was_training = model.training
-    model.eval()
-    try:
-        for inputs, targets in batches:
-            inputs, targets = inputs.to(device), targets.to(device)
-            ctx = (
-                torch.autocast(device.type, dtype=autocast_dtype)
-                if autocast_dtype is not None
-                else contextlib.nullcontext()
-            )
-            with ctx:
-                logits = model(inputs)  # (B, T, vocab)
-            # Same reduction as Trainer.loss_fn: fp32 sum over tokens, float64 accumulation.
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-            total += loss.double()
-            num_tokens += targets.numel()
-    finally:
-        model.train(was_training)
-    if num_tokens == 0:
-        raise ValueError("no validation batches: check the val shards and --val-tokens")
-    return (total / num_tokens).item()
-
-
-def perplexity(loss: float) -> float:
-    """exp(loss), capped like the trainer's val_ppl so a diverged run stays finite."""
-    return math.exp(min(loss, 50.0))
+    device_type = next(model.parameters()).device.type
+    autocast = None
+    if autocast_dtype is not None:
+        autocast = functools.partial(torch.autocast, device_type, dtype=autocast_dtype)
+    return mean_token_loss(model, batches, autocast=autocast)
 
 
 def evaluate_val(

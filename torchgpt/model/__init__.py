@@ -1,5 +1,6 @@
 """The GPT model package: architecture args and flavors (`args`), the nn.Module (`gpt`),
-decoding with a KV cache (`generate`, `kv_cache`) and Hugging Face interop (`hf`, needs transformers).
+decoding with a KV cache (`generate`, `kv_cache`) and Hugging Face interop (`hf`, needs
+transformers).
 
 Import direction: this package imports neither `torchgpt.config` nor distributed code.
 """

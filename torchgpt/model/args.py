@@ -126,10 +126,9 @@ FLAVORS: dict[str, ModelArgs] = {
     "modern-d128-l4": ModelArgs(dim=128, n_layers=4, n_heads=2, **_MODERN),
     "gpt2-d192-l4": ModelArgs(dim=192, n_layers=4, n_heads=3, **_GPT2),
     "gpt2-d256-l4": ModelArgs(dim=256, n_layers=4, n_heads=4, **_GPT2),
+    # Also the benchmark model (the one measured in ENVIRONMENT_NOTES.md as "bench-30m").
     "gpt2-d384-l6": ModelArgs(dim=384, n_layers=6, n_heads=6, **_GPT2),
     "modern-d384-l6": ModelArgs(dim=384, n_layers=6, n_heads=6, **_MODERN),
-    # Benchmark model (the one measured in ENVIRONMENT_NOTES.md).
-    "bench-30m": ModelArgs(dim=384, n_layers=6, n_heads=6, **_GPT2),
     # The published GPT-2 sizes (Radford et al. 2019, table 2).
     "gpt2-124m": ModelArgs(dim=768, n_layers=12, n_heads=12, **_GPT2),
     "gpt2-350m": ModelArgs(dim=1024, n_layers=24, n_heads=16, **_GPT2),

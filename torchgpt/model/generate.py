@@ -9,7 +9,23 @@ from torch import Tensor, nn
 
 from torchgpt.model.kv_cache import KVCache, LayerKVCache
 
-__all__ = ["KVCache", "LayerKVCache", "generate", "sample_next"]
+__all__ = ["KVCache", "LayerKVCache", "check_token_ids", "generate", "sample_next"]
+
+
+def check_token_ids(tokens: Tensor, vocab_size: int) -> None:
+    """Raise ValueError unless every id lies in [0, vocab_size) (reads the values: a host sync).
+
+    The padded embedding rows (vocab_size .. padded_vocab_size) would accept a wrong
+    tokenizer's ids silently, so inputs from outside the training loader are checked once.
+    """
+    if tokens.numel() == 0:
+        return
+    lo, hi = int(tokens.min()), int(tokens.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(
+            f"token ids must lie in [0, vocab_size={vocab_size}), got min={lo} max={hi}; the "
+            "tokenizer does not match this model's vocab_size"
+        )
 
 
 def sample_next(
@@ -98,6 +114,7 @@ def generate(
     if seed is not None:
         generator = torch.Generator(device=tokens.device)
         generator.manual_seed(seed)
+    check_token_ids(tokens, model.args.vocab_size)
     context = model.args.max_seq_len
     cache = KVCache(model.args.n_layers, context) if use_cache else None
     cached = 0  # number of leading tokens whose keys/values are in the cache

@@ -1,4 +1,4 @@
-"""ParallelDims: the single source of truth for data-parallel degrees and the device mesh.
+"""ParallelDims: the single source of truth for data-parallel degrees, ranks and the device mesh.
 
 dp_replicate x dp_shard must equal the world size. dp_shard > 1 with dp_replicate > 1 is HSDP,
 dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP).
@@ -6,9 +6,11 @@ dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DD
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 
@@ -60,6 +62,19 @@ class ParallelDims:
     @property
     def ddp_enabled(self) -> bool:
         return self.world_size > 1 and not self.fsdp_enabled
+
+    @property
+    def dp_rank(self) -> int:
+        """This process's index among the data-parallel ranks.
+
+        FSDP, HSDP and DDP all split the batch over every process, so it is the global rank.
+        """
+        return dist.get_rank() if dist.is_initialized() else 0
+
+    @functools.cached_property
+    def mesh(self) -> DeviceMesh | None:
+        """The mesh of this layout on this machine's device type, built on first use."""
+        return self.build_mesh(device_type())
 
     def build_mesh(self, device_type: str) -> DeviceMesh | None:
         """A 1-D mesh for FSDP/DDP, a 2-D (replicate, shard) mesh for HSDP; None on one process."""

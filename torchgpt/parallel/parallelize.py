@@ -43,7 +43,8 @@ if hasattr(_aten, "_scaled_dot_product_cudnn_attention"):
 
 
 def _op_sac_policy():
-    """Save matmul/attention outputs, but only every other mm (TorchTitan's memory/compute trade)."""
+    """Save matmul/attention outputs, but only every other mm (TorchTitan's memory/compute
+    trade)."""
     meta: dict[str, int] = defaultdict(int)
 
     def policy(ctx, func, *args, **kwargs):

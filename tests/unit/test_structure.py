@@ -1,5 +1,5 @@
-"""The package's import structure: no file-level cycle, the model above nothing of ours but
-itself, the report package layered one way.
+"""The package's structure: no file-level import cycle, the model above nothing of ours but
+itself, the report package layered one way, no file over 400 lines.
 
 Every import statement counts, wherever it stands (module top, inside a function, under
 TYPE_CHECKING): a lazy import still ties two files together.
@@ -126,3 +126,14 @@ def test_report_package_is_layered_one_way():
         for t in graph[f]:
             if report in t.parents:
                 assert layers[t.name] < layers[f.name], f"{f.name} imports {t.name}"
+
+
+def test_files_are_at_most_400_lines():
+    roots = (PKG, PKG.parent / "estimation")
+    long = {
+        str(p.relative_to(PKG.parent)): n
+        for root in roots
+        for p in root.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 400
+    }
+    assert long == {}
