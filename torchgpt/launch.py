@@ -70,9 +70,11 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
+    from torchgpt.preemption import LAUNCHER_PID_ENV
     from torchgpt.run_files import LAUNCH_ID_ENV
 
     os.environ[LAUNCH_ID_ENV] = uuid.uuid4().hex  # the workers inherit it (see preempted.json)
+    os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # workers die with us (die_with_launcher)
     if nproc > 1:
         # torchrun's default (one thread per worker), set here so it does not print a banner.
         os.environ.setdefault("OMP_NUM_THREADS", "1")

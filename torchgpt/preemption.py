@@ -1,4 +1,6 @@
-"""Preemption: SIGTERM/SIGINT ask the trainer to finish the step, checkpoint and exit 0.
+"""Process lifecycle of a worker: preemption signals, and dying with the launcher.
+
+SIGTERM/SIGINT ask the trainer to finish the step, checkpoint and exit 0.
 
 A second signal exits at once. A repeat within 5 s counts as the same request: Slurm signals
 every process of the job and torchrun forwards its own copy to each worker about a
@@ -8,9 +10,11 @@ every rank has agreed on it through an all-reduce.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
+import sys
 import time
 
 logger = logging.getLogger(__name__)
@@ -52,3 +56,29 @@ class PreemptionHandler:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+LAUNCHER_PID_ENV = "TORCHGPT_LAUNCHER_PID"
+
+
+def die_with_launcher() -> None:
+    """Make this worker die the moment its launcher does (run_train.sh's torchrun).
+
+    torchrun starts each worker in a session of its own, so `kill -9 -- -PGID` of the launcher,
+    or the OOM killer taking it, used to leave the workers training (and checkpointing into a
+    folder a restarted job then shared). On Linux the kernel now sends SIGKILL to this process
+    when its parent exits (prctl PR_SET_PDEATHSIG), as if the node had failed: the next launch
+    resumes from the last complete checkpoint. Only under the launcher, which names its pid
+    in $TORCHGPT_LAUNCHER_PID; a no-op elsewhere (plain torchrun, tests, other systems).
+    """
+    launcher = os.environ.get(LAUNCHER_PID_ENV)
+    if not launcher or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    if libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) != 0:
+        logger.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+        return
+    if os.getppid() != int(launcher):  # the launcher died before the call above
+        logger.error("launcher (pid %s) is gone: exiting", launcher)
+        os._exit(1)

@@ -20,6 +20,7 @@ from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import help_text
 from torchgpt.hardware import tune_host_malloc
 from torchgpt.parallel.dims import device_type
+from torchgpt.preemption import die_with_launcher
 from torchgpt.preflight import preflight
 from torchgpt.run_files import LOG_FORMAT, RunFiles
 from torchgpt.trainer import NonFiniteLossError, Trainer
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--help" in overrides or "-h" in overrides:
         print(help_text())
         return 0
+    die_with_launcher()  # under run_train.sh: never outlive it
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import signal
@@ -204,3 +205,62 @@ def test_sigterm_to_the_launcher_saves_and_exits_0(token_shards, tmp_path):
         f"step-{step}"
     )
     assert (Path(match.group(2)) / "COMPLETE").is_file()
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (an orphan may wait to be reaped)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
+def _workers_of(launcher: int) -> list[int]:
+    """Pids of the training processes that `launcher` started (named in their environment)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            env = (entry / "environ").read_bytes().split(b"\0") if entry.name.isdigit() else []
+        except OSError:
+            continue
+        if f"TORCHGPT_LAUNCHER_PID={launcher}".encode() in env and any(
+            e.startswith(b"LOCAL_RANK=") for e in env
+        ):
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_workers_never_outlive_the_launcher(token_shards, tmp_path):
+    """kill -9 of the launcher's process group (an OOM kill, a scheduler's hard stop): torchrun
+    had put the workers in sessions of their own; they must still be gone within 15 s."""
+    args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
+    args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
+    args += ["--checkpoint.interval", "1000", "--validation.enable", "false"]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(REPO / "run_train.sh"), *args],
+            cwd=REPO,
+            env=fresh_env(NGPU="2"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "step      2/400" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, workers
+        assert all(os.getsid(w) != os.getsid(proc.pid) for w in workers)  # their own sessions
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 15
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if _alive(w)]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
