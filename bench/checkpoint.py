@@ -8,6 +8,8 @@ staged into CPU memory, and the write goes on in a background thread. "blocked" 
 Loads read a checkpoint that was just written, so they come from a warm page cache. Sizes are
 the bytes of the step folder; MB/s = size / time. Median (and min) of --repeats saves after
 one warm-up save. The blocked figure of an async save is its staging rate (a memory copy).
+Every save ends with CRC-32 checksums of its files and every load starts by verifying them
+(torchgpt.checkpoint.integrity): both are shown as part of their totals.
 
 --threads defaults to 1, what torchrun gives each rank: with more threads than free cores,
 every one of the ~300 per-tensor copies waits on an OpenMP barrier and staging gets several
@@ -25,29 +27,34 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
-from torchgpt.model import GPT, get_model_args, num_params
-from torchgpt.optim import build_optimizer
+from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState, integrity
+from torchgpt.model import get_model_args, num_params
+from torchgpt.parallel.dims import ParallelDims
+from torchgpt.train_module import build_train_module
 
 
-def build(flavor: str, seed: int) -> tuple[GPT, torch.optim.Optimizer]:
-    """The model and an AdamW whose moments exist (one real step on random tokens)."""
-    model = GPT(get_model_args(flavor))
-    model.init_weights(seed=seed)
-    optimizer = build_optimizer(model, lr=1e-4)
-    tokens = torch.randint(
-        0, model.args.vocab_size, (2, 129), generator=torch.Generator().manual_seed(seed)
+def build(flavor: str, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    """The trainer's model and AdamW, whose moments exist after one step on random tokens."""
+    module = build_train_module(
+        get_model_args(flavor),
+        ParallelDims(1, 1, 1),
+        None,
+        device=torch.device("cpu"),
+        seed=seed,
+        mixed_precision="fp32",
+        max_norm=1.0,
+        lr=1e-4,
     )
-    logits = model(tokens[:, :-1])
-    F.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten()).backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return model, optimizer
+    gen = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, module.vocab_size, (2, 129), generator=gen)
+    module.forward_backward([(tokens[:, :-1], tokens[:, 1:])])
+    module.step()
+    module.optimizer.zero_grad(set_to_none=True)
+    return module.model, module.optimizer
 
 
-def manager(run_dir: Path, model: GPT, optimizer, async_mode: str) -> CheckpointManager:
+def manager(run_dir: Path, model: torch.nn.Module, optimizer, async_mode: str) -> CheckpointManager:
     states = {
         "model": ModelState(model),
         "optimizer": OptimizerState(model, optimizer),
@@ -63,7 +70,7 @@ def folder_mb(path: Path) -> float:
 
 
 def time_saves(run_dir: Path, model, optimizer, async_mode: str, repeats: int, first_step: int):
-    """[(blocked s, total s, MB)] of `repeats` saves, after one untimed warm-up save."""
+    """[(blocked s, total s, MB, checksum s)] of `repeats` saves, after a warm-up save."""
     mgr = manager(run_dir, model, optimizer, async_mode)
     mgr.save(first_step - 1)  # first-call costs (imports, thread pool) are not per-checkpoint
     mgr.wait()
@@ -75,8 +82,19 @@ def time_saves(run_dir: Path, model, optimizer, async_mode: str, repeats: int, f
         blocked = time.perf_counter() - start
         mgr.wait()
         total = time.perf_counter() - start
-        results.append((blocked, total, folder_mb(path)))
+        results.append((blocked, total, folder_mb(path), mgr.last_checksum_seconds))
     return results
+
+
+def time_verify(run_dir: Path, repeats: int) -> list[float]:
+    """Seconds to check the newest checkpoint against its checksums (part of every load)."""
+    path = CheckpointManager(run_dir, states={"rng": RNGState()}, interval=1).list_complete()[-1]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        assert integrity.verify(path[1]) is None
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def time_loads(run_dir: Path, flavor: str, repeats: int) -> list[float]:
@@ -108,16 +126,19 @@ def main() -> None:
         run_dir = Path(tmp)
         sync = time_saves(run_dir, model, optimizer, "disabled", args.repeats, first_step=2)
         loads = time_loads(run_dir, args.flavor, args.repeats)
+        verifies = time_verify(run_dir, args.repeats)
         asy = time_saves(run_dir, model, optimizer, "async", args.repeats, first_step=100)
     mb = sync[0][2]
     print(
         f"{args.flavor}: {num_params(model.args):,} parameters; checkpoint (fp32 model + AdamW "
         f"moments + RNG) {mb:.1f} MB; torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    print(_row("sync save (blocked=total)", [b for b, _, _ in sync], mb))
-    print(_row("async save: blocked", [b for b, _, _ in asy], mb))
-    print(_row("async save: until COMPLETE", [t for _, t, _ in asy], mb))
+    print(_row("sync save (blocked=total)", [b for b, *_ in sync], mb))
+    print(_row("  of which CRC-32 checksums", [c for *_, c in sync], mb))
+    print(_row("async save: blocked", [b for b, *_ in asy], mb))
+    print(_row("async save: until COMPLETE", [t for _, t, *_ in asy], mb))
     print(_row("load (model + optimizer)", loads, mb))
+    print(_row("  of which verification", verifies, mb))
 
 
 if __name__ == "__main__":

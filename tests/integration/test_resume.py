@@ -276,3 +276,24 @@ def test_resume_on_another_number_of_processes(
     for step in got:
         assert got[step] == pytest.approx(reference[step], abs=1e-5), (step, got, reference)
     assert records(run_dir)[-1]["tokens_seen"] == STEPS * 256
+
+
+def test_bit_flipped_newest_checkpoint_is_quarantined_and_the_run_resumes_bitwise(
+    token_shards, tmp_path, straight
+):
+    """4 KiB of random bytes in the newest checkpoint's data file (the fault probe's case): the
+    launch verifies it, quarantines it, resumes from the one before and saves the step again."""
+    run_dir = copy_checkpoint(straight, 10, tmp_path)
+    copy_checkpoint(straight, 20, tmp_path)
+    shard = run_dir / "checkpoints" / "step-20" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 4096] = os.urandom(4096)
+    shard.write_bytes(bytes(data))
+    out = Job(token_shards, tmp_path).finish()
+    assert re.search(r"corrupt checkpoint \S+step-20: verification failed: \S+__0_0\.distcp", out)
+    assert "resumed from step 10" in out
+    assert (run_dir / "checkpoints" / "step-20.corrupt" / "QUARANTINE.txt").is_file()
+    assert complete(run_dir, 20)  # saved again
+    got, reference = losses(run_dir), losses(straight)
+    assert {s: got[s] for s in range(11, 21)} == {s: reference[s] for s in range(11, 21)}

@@ -132,7 +132,7 @@ def test_killed_saves_are_skipped_with_a_warning(tmp_path, caplog):
     assert not torn.exists() and (ckpt_dir / "step-10").is_dir()
 
 
-def test_corrupt_checkpoints_are_skipped_or_rejected(tmp_path, caplog):
+def test_corrupt_checkpoints_are_quarantined_or_rejected(tmp_path, caplog):
     b = Bundle()
     mgr = b.manager(tmp_path)
     mgr.save(2)
@@ -144,18 +144,64 @@ def test_corrupt_checkpoints_are_skipped_or_rejected(tmp_path, caplog):
     ckpt_dir = tmp_path / "checkpoints"
     (ckpt_dir / "step-6" / ".metadata").write_bytes(b"not a pickle")
     shard = ckpt_dir / "step-4" / "__0_0.distcp"
+    size = shard.stat().st_size
     shard.write_bytes(shard.read_bytes()[:-2000])  # truncated data file
 
+    # Asked for by name: refused with the file and the fix, left where it is.
     fresh = Bundle(seed=9)
+    with pytest.raises(ValueError, match=r"step-6 fails verification: .*\.metadata is 12 bytes"):
+        fresh.manager(tmp_path).load(load_step=6)
+    with pytest.raises(ValueError, match=rf"__0_0.distcp is {size - 2000} bytes, {size} when"):
+        fresh.manager(tmp_path).load(load_step=4)
+    # Auto-resume: both quarantined with the reason, the newest good one loaded untouched.
     with caplog.at_level(logging.WARNING):
         assert fresh.manager(tmp_path).load() == 2
     warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "corrupt checkpoint" in warned and "step-6" in warned and "step-4" in warned
-    _assert_weights(fresh, at_2)  # step-4's partial read was overwritten by step-2
-    with pytest.raises(ValueError, match="step-6: unreadable DCP .metadata"):
-        fresh.manager(tmp_path).load(load_step=6)
-    with pytest.raises(ValueError, match="step-4 could not be read"):
-        fresh.manager(tmp_path).load(load_step=4)
+    _assert_weights(fresh, at_2)
+    assert sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir()) == [
+        "step-2",
+        "step-4.corrupt",
+        "step-6.corrupt",
+    ]
+    assert "truncated" in (ckpt_dir / "step-4.corrupt" / "QUARANTINE.txt").read_text()
+    assert [s for s, _ in fresh.manager(tmp_path).list_complete()] == [2]
+
+
+def test_a_corrupt_checkpoint_neither_counts_nor_costs_the_good_ones(tmp_path):
+    """The fault probe's crash loop: keep_latest_k=2, the newest checkpoint bit-flipped."""
+    b = Bundle()
+    mgr = b.manager(tmp_path, keep_latest_k=2)
+    for step in (5, 10, 15):
+        b.step()
+        mgr.save(step)
+    ckpt_dir = tmp_path / "checkpoints"
+    shard = ckpt_dir / "step-15" / "__0_0.distcp"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 64] = os.urandom(64)
+    shard.write_bytes(bytes(data))
+    resumed = Bundle(seed=3)
+    rmgr = resumed.manager(tmp_path, keep_latest_k=2)
+    assert rmgr.load() == 10
+    resumed.step()
+    assert rmgr.save(15) == ckpt_dir / "step-15"  # the re-run step is saved again
+    assert [s for s, _ in rmgr.list_complete()] == [10, 15]  # and step-10 survives retention
+    assert (ckpt_dir / "step-15.corrupt").is_dir()
+    assert (ckpt_dir / "step-15" / "checksums.json").is_file()
+
+
+def test_a_half_loaded_unverifiable_checkpoint_stops_the_run(tmp_path):
+    """Without checksums (an older torchgpt's checkpoint) damage shows only while loading; once
+    part of the model is overwritten, auto-resume must not go on with another checkpoint."""
+    b = Bundle()
+    mgr = b.manager(tmp_path)
+    mgr.save(2)
+    b.step()
+    mgr.save(4)
+    ckpt_dir = tmp_path / "checkpoints"
+    (ckpt_dir / "step-4" / "checksums.json").unlink()
+    shard = ckpt_dir / "step-4" / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-2000])
     shutil.rmtree(ckpt_dir / "step-2")
     with pytest.raises(RuntimeError, match="already overwrote part of the model"):
         Bundle(seed=9).manager(tmp_path).load()

@@ -28,7 +28,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import FileSystemWriter, StorageWriter
 from torch.distributed.checkpoint.stateful import Stateful
 
-from torchgpt.checkpoint import layout
+from torchgpt.checkpoint import integrity, layout
 from torchgpt.checkpoint.comm import Comm
 from torchgpt.checkpoint.compat import quiet_no_dist
 from torchgpt.checkpoint.resume import DCP_ERRORS, Resumer, describe_error
@@ -104,6 +104,7 @@ class CheckpointManager:
         self._executor = ThreadPoolExecutor(1, "ckpt-finish") if async_mode == "async" else None
         self._pending: _PendingSave | None = None
         self.last_blocked_seconds = 0.0
+        self.last_checksum_seconds = 0.0
         self.best_step, self.best_val_loss = layout.read_best(self.ckpt_dir)
 
     # ----- saving -----
@@ -240,6 +241,15 @@ class CheckpointManager:
     def _finalize(self, step: int, tmp: Path, info: dict, new_best: bool) -> None:
         """Rank 0, after every rank's shards are written: info, marker, rename, bookkeeping."""
         layout.write_json_atomic(tmp / layout.INFO_NAME, info)
+        start = time.perf_counter()
+        nbytes = integrity.write_checksums(tmp)  # reads back what every rank wrote
+        self.last_checksum_seconds = time.perf_counter() - start
+        logger.info(
+            "checksums of step %d: %.0f MB in %.2f s",
+            step,
+            nbytes / 1e6,
+            self.last_checksum_seconds,
+        )
         # The marker goes last: a folder with it has everything else.
         layout.write_json_atomic(tmp / layout.MARKER_NAME, {"step": step})
         final = layout.step_dir(self.ckpt_dir, step)
@@ -260,6 +270,9 @@ class CheckpointManager:
         doomed = layout.steps_to_delete(
             list(complete), self.keep_latest_k, self.best_step, protect=protect
         )
+        # Only a newer checkpoint that carries checksums may replace an old one.
+        verified = [s for s, path in complete.items() if integrity.has_checksums(path)]
+        doomed = [s for s in doomed if verified and s < max(verified)]
         for s in doomed:
             logger.info(
                 "retention (keep_latest_k=%d): deleting %s", self.keep_latest_k, complete[s]

@@ -1,7 +1,9 @@
 """Resume: pick a checkpoint (the newest complete one, or an explicit one) and load every state.
 
-Auto-resume skips incomplete and corrupt folders with a warning; an explicit choice that is bad
-is a ValueError naming the path and the fix. The states' shapes are checked against the
+Every checkpoint is verified against the checksums written at save before it is read. Auto-resume
+skips incomplete folders and quarantines corrupt ones (step-N.corrupt, torchgpt.checkpoint.
+integrity) with a warning naming the file; an explicit choice that is bad is a ValueError
+naming the path and the fix. The states' shapes are checked against the
 checkpoint's metadata first, so a wrong model config lists every mismatched key at once.
 """
 
@@ -16,7 +18,7 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.stateful import Stateful
 
-from torchgpt.checkpoint import layout
+from torchgpt.checkpoint import integrity, layout
 from torchgpt.checkpoint.comm import Comm
 from torchgpt.checkpoint.compat import (
     find_mismatches,
@@ -64,7 +66,7 @@ class Resumer:
             try:
                 return self._load_dir(path, explicit=False)
             except _CorruptCheckpoint as e:
-                logger.warning("skipping corrupt checkpoint %s: %s", path, e)
+                self._quarantine(path, str(e))
                 if e.touched_state:
                     touched.append(path)
         if touched:
@@ -84,11 +86,41 @@ class Resumer:
             raise ValueError(f"{key}: {problem}")
         return self._load_dir(path, explicit=True)
 
+    def _quarantine(self, path: Path, reason: str) -> None:
+        """Rank 0 moves a checkpoint that failed aside (step-N.corrupt); every rank logs why."""
+        moved = None
+        if self.comm.rank == 0:
+            try:
+                moved = integrity.quarantine(path, reason)
+            except OSError as e:
+                logger.error("could not quarantine %s: %s", path, e)
+        moved = self.comm.broadcast(moved)
+        logger.warning(
+            "corrupt checkpoint %s: %s; quarantined as %s, resuming from an older one",
+            path,
+            reason,
+            moved,
+        )
+
+    def _verify(self, path: Path, explicit: bool) -> None:
+        """Rank 0 checks every file against the checksums written at save (shared filesystem)."""
+        start = time.perf_counter()
+        problem = self.comm.broadcast(integrity.verify(path) if self.comm.rank == 0 else None)
+        if problem is not None:
+            if explicit:
+                raise ValueError(
+                    f"checkpoint {path} fails verification: {problem}; pick another "
+                    "checkpoint (checkpoint.load_step / load_path) or resume=auto"
+                )
+            raise _CorruptCheckpoint(f"verification failed: {problem}", touched_state=False)
+        logger.info("verified checkpoint %s in %.2f s", path, time.perf_counter() - start)
+
     def _load_dir(self, path: Path, *, explicit: bool) -> int:
         start = time.perf_counter()
         step = layout.step_of(path)
         if step is None:
             raise ValueError(f"cannot tell the step of checkpoint {path}: name the folder step-N")
+        self._verify(path, explicit)
         state_dict = self._state_dict_for_load(path, explicit)
         try:
             with quiet_no_dist():
