@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     try:
-        cfg = preflight(toml, overrides, world_size=nproc * nnodes if nnodes else None)
+        cfg = preflight(
+            toml, overrides, world_size=nproc * nnodes if nnodes else None, checksums=True
+        )
     except ConfigError as e:
         print(f"error: {e}\nnothing was started (exit code 2)", file=sys.stderr)
         return EXIT_BAD_INPUT

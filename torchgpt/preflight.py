@@ -7,6 +7,7 @@ before torchrun starts a single worker, and nothing is written to the run folder
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -14,8 +15,9 @@ from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import load_config
 
 
-def check_data(cfg: JobConfig) -> list[str]:
-    """Problems with `data.dataset_path`: manifest, shards, tokenizer, room for one window."""
+def check_data(cfg: JobConfig, *, checksums: bool = False) -> list[str]:
+    """Problems with `data.dataset_path`: manifest, shards, tokenizer, room for one window, and
+    (with `checksums` and data.verify_checksums) each shard's sha256 against the manifest."""
     from torchgpt.data.loader import open_split
     from torchgpt.model.args import get_model_args
 
@@ -31,12 +33,49 @@ def check_data(cfg: JobConfig) -> list[str]:
             if "does not exist" in str(e) or "manifest" in str(e):
                 break  # the next split would repeat the same missing-folder message
             continue
+        if checksums and cfg.data.verify_checksums:
+            problems += verify_shard_checksums(cfg.data.dataset_path, split)
         if split == "train" and max(sizes) < t.seq_len + 1:
             problems.append(
                 f"{key}: training.seq_len={t.seq_len} needs {t.seq_len + 1} tokens per window "
                 f"but the largest train shard of {cfg.data.dataset_path} holds {max(sizes)}; "
                 "lower training.seq_len or prepare the data with a larger --shard-size"
             )
+    return problems
+
+
+def verify_shard_checksums(data_dir: str, split: str) -> list[str]:
+    """Hash every shard of `split` and compare with manifest.json, with progress and its cost.
+
+    A byte flipped inside a shard keeps its header and size intact, so only the hash finds it.
+    """
+    import time
+
+    from torchgpt.data.shards import read_manifest, split_shards
+    from torchgpt.progress import Progress
+
+    entries = split_shards(read_manifest(data_dir), split)
+    paths = [Path(data_dir) / e["file"] for e in entries]
+    total = sum(p.stat().st_size for p in paths)
+    big = total >= 1 << 28  # a bar and a cost line only where it takes noticeable time
+    progress = Progress(total >> 20, f"verifying {split} shard checksums (MiB)", disable=not big)
+    start, problems = time.perf_counter(), []
+    for path, entry in zip(paths, entries, strict=True):
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+                progress.update(len(chunk) >> 20)
+        if digest.hexdigest() != entry["sha256"]:
+            problems.append(
+                f"data.dataset_path: shard {path} does not match its sha256 in manifest.json "
+                f"(corrupt or changed since it was written); run tools/prepare_data.py --verify "
+                f"{data_dir}, then re-create the data (or set data.verify_checksums=false)"
+            )
+    progress.close()
+    if big:
+        seconds = time.perf_counter() - start
+        print(f"verified {total / 2**30:.2f} GiB of {split} shards in {seconds:.1f} s", flush=True)
     return problems
 
 
@@ -55,6 +94,49 @@ def _resume_target(cfg: JobConfig) -> tuple[Path | None, str]:
     return (complete[-1][1], "checkpoint.resume=auto") if complete else (None, "")
 
 
+# Keys whose change alters what a resumed run computes (model.* is checked through the model
+# args, the data through its fingerprint in the loader's state). Layout keys (micro-batch,
+# parallelism, AC, compile) and bookkeeping keys may change freely.
+MATH_KEYS = (
+    "job.seed",
+    "training.global_batch_tokens",
+    "training.seq_len",
+    "training.steps",
+    "training.mixed_precision",
+    "training.max_norm",
+    "optimizer.lr",
+    "optimizer.beta1",
+    "optimizer.beta2",
+    "optimizer.eps",
+    "optimizer.weight_decay",
+    "lr_scheduler.warmup_steps",
+    "lr_scheduler.decay_type",
+    "lr_scheduler.min_lr_ratio",
+)
+
+
+def resume_changes(cfg: JobConfig) -> tuple[list[str], list[str]]:
+    """(refused, allowed) changes of MATH_KEYS against the checkpoint this launch resumes,
+    each as "key: saved -> now"; both empty when it starts fresh."""
+    path, _ = _resume_target(cfg)
+    if path is None or not path.is_dir():
+        return [], []
+    from torchgpt.checkpoint import layout
+
+    saved = ((layout.read_json(path / layout.INFO_NAME) or {}).get("extra") or {}).get("config")
+    if not saved:
+        return [], []
+    ours = cfg.to_dict()
+    refused, allowed = [], []
+    for key in MATH_KEYS:
+        section, name = key.split(".")
+        before, now = (saved.get(section) or {}).get(name), ours[section][name]
+        if before is not None and before != now:
+            change = f"{key}: {before!r} -> {now!r}"
+            (allowed if key in cfg.checkpoint.allow_change else refused).append(change)
+    return refused, allowed
+
+
 def check_resume(cfg: JobConfig) -> list[str]:
     """The checkpoint to resume must exist and hold the same model as this config builds.
 
@@ -64,35 +146,55 @@ def check_resume(cfg: JobConfig) -> list[str]:
     from torchgpt.checkpoint import layout
     from torchgpt.model.args import get_model_args
 
+    problems = [
+        f"checkpoint.allow_change: {key!r} is not a key whose change is checked; choose from "
+        f"{', '.join(MATH_KEYS)}"
+        for key in cfg.checkpoint.allow_change
+        if key not in MATH_KEYS
+    ]
     path, key = _resume_target(cfg)
     if path is None:
-        return []
+        return problems
     if key != "checkpoint.resume=auto":
         problem = layout.explicit_problem(path, cfg.run_dir / "checkpoints")
         if problem is not None:
-            return [f"{key}: {problem}"]
+            return [*problems, f"{key}: {problem}"]
+    refused, _ = resume_changes(cfg)
+    if refused:
+        problems.append(
+            f"{key}: resuming {path} with a config that changes the math: "
+            + "; ".join(refused)
+            + ". Restore those keys, allow the change with --checkpoint.allow_change "
+            + ",".join(c.split(":")[0] for c in refused)
+            + ", or start a new run with another job.name"
+        )
     info = layout.read_json(path / layout.INFO_NAME) or {}
     saved = info.get("extra", {}).get("model_args")
     if not saved:
-        return []  # an older checkpoint without args: the workers' shape check decides
+        return problems  # an older checkpoint without args: the workers' shape check decides
     ours = asdict(get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm))
     diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items() if saved.get(k) != v]
-    if not diff:
-        return []
-    flavor = info.get("extra", {}).get("config", {}).get("model", {}).get("flavor", "?")
-    return [
-        f"{key}: {path} holds a model of flavor {flavor!r} but this config builds "
-        f"{cfg.model.flavor!r} ({'; '.join(diff)}); resume with the original model.* keys, or "
-        "start a new run with another job.name"
-    ]
+    if diff:
+        flavor = info.get("extra", {}).get("config", {}).get("model", {}).get("flavor", "?")
+        problems.append(
+            f"{key}: {path} holds a model of flavor {flavor!r} but this config builds "
+            f"{cfg.model.flavor!r} ({'; '.join(diff)}); resume with the original model.* "
+            "keys, or start a new run with another job.name"
+        )
+    return problems
 
 
 def preflight(
-    toml_path: str | Path | None, overrides: list[str], *, world_size: int | None
+    toml_path: str | Path | None,
+    overrides: list[str],
+    *,
+    world_size: int | None,
+    checksums: bool = False,
 ) -> JobConfig:
-    """Load and validate the config, then check data and resume; raises one ConfigError."""
+    """Load and validate the config, then check data (shard hashes too with `checksums`) and
+    resume; raises one ConfigError listing every problem."""
     cfg = load_config(toml_path, overrides, world_size=world_size)
-    problems = check_data(cfg) + check_resume(cfg)
+    problems = check_data(cfg, checksums=checksums) + check_resume(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg

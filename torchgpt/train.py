@@ -22,7 +22,7 @@ from torchgpt.hardware import tune_host_malloc
 from torchgpt.parallel.dims import device_type
 from torchgpt.preemption import die_with_launcher
 from torchgpt.preflight import preflight
-from torchgpt.run_files import LOG_FORMAT, RunFiles
+from torchgpt.run_files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
 from torchgpt.trainer import NonFiniteLossError, Trainer
 
 __all__ = ["NonFiniteLossError", "Trainer", "main"]
@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
-        cfg = preflight(toml_path, overrides, world_size=world_size)
+        # Shard hashes: the launcher checked them on this node; a lone process checks them here.
+        single = world_size == 1 and LAUNCH_ID_ENV not in os.environ
+        cfg = preflight(toml_path, overrides, world_size=world_size, checksums=single)
     except ConfigError as e:
         if rank == 0:
             print(f"error: {e}", file=sys.stderr)

@@ -24,6 +24,7 @@ from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.preemption import PreemptionHandler
+from torchgpt.preflight import resume_changes
 from torchgpt.run_files import RunFiles
 from torchgpt.train_module import TrainModule, build_train_module, perplexity
 
@@ -168,11 +169,15 @@ class Trainer:
     def _open_run_files(self) -> None:
         """The launch is accepted (the checkpoint to resume, if any, has loaded): write the run
         directory's files and open the metrics sinks."""
+        _, allowed = resume_changes(self.cfg)
+        for change in allowed:
+            logger.warning("resuming with a changed config (checkpoint.allow_change): %s", change)
         self.run_files.accept(
             self.cfg,
             world_size=self.world_size,
             device=str(self.device),
             parallelism=str(self.dims),
+            allowed_changes=allowed,
         )
         m = self.cfg.metrics
         self.metrics = MetricsLogger(

@@ -264,3 +264,44 @@ def test_workers_never_outlive_the_launcher(token_shards, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_resume_refuses_a_change_of_the_math_unless_allowed(token_shards, tmp_path):
+    args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
+    args += ["--job.dump_folder", str(tmp_path)]
+    assert launch(args, fresh_env()).returncode == 0
+    run_dir = tmp_path / "debug"
+    before = snapshot(run_dir)
+    changed = [*args, "--training.steps", "4", "--training.global_batch_tokens", "512"]
+    proc = launch(changed, fresh_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    err = proc.stderr
+    assert "training.global_batch_tokens: 256 -> 512" in err and "training.steps: 2 -> 4" in err
+    assert "--checkpoint.allow_change training.global_batch_tokens,training.steps" in err
+    assert snapshot(run_dir) == before
+    proc = launch([*changed, "--checkpoint.allow_change", "training.stpes"], fresh_env())
+    assert proc.returncode == 2 and "'training.stpes' is not a key whose change" in proc.stderr
+    # Allowed: extending the run by two steps resumes, says so, and keeps a record.
+    extended = [*args, "--training.steps", "4", "--checkpoint.allow_change", "training.steps"]
+    proc = launch(extended, fresh_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "resumed from step 2" in out and "training.steps: 2 -> 4" in out
+    launches = json.loads((run_dir / "run_info.json").read_text())["launches"]
+    assert [x.get("allowed_changes") for x in launches] == [[], ["training.steps: 2 -> 4"]]
+
+
+def test_a_flipped_byte_inside_a_shard_is_found_before_the_run(token_shards, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(token_shards, data)
+    shard = data / "train_000001.bin"
+    tokens = np.memmap(shard, dtype="<u2", mode="r+", offset=1024)
+    tokens[len(tokens) // 2] ^= 1  # still a valid id: header, size and id range all pass
+    tokens.flush()
+    del tokens
+    args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(data)]
+    proc = launch([*args, "--job.dump_folder", str(tmp_path / "runs")], fresh_env())
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"shard {shard} does not match its sha256 in manifest.json" in proc.stderr
+    assert f"tools/prepare_data.py --verify {data}" in proc.stderr
+    assert not (tmp_path / "runs").exists()
