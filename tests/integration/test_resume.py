@@ -23,6 +23,7 @@ import pytest
 from torch.distributed.checkpoint import FileSystemWriter
 
 from tests.trainer_utils import launcher_env, train_in_process
+from torchgpt.eval.loading import read_metrics
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "train_configs/debug_model.toml"
@@ -198,6 +199,8 @@ def test_sigkill_after_checkpoint_resumes_bitwise(token_shards, tmp_path, straig
         f"resumed losses differ; fresh steps 1-10 {'agree' if fresh_equal else 'DIFFER too'}"
     )
     assert (run_dir / "model.pt").exists()
+    # The killed job logged some steps after 10 too: reports see every step once.
+    assert [r["step"] for r in read_metrics(run_dir) if "loss" in r] == list(range(1, STEPS + 1))
 
 
 def test_sigkill_inside_a_save_resumes_from_the_previous_checkpoint(

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, save_model_only
-from torchgpt.eval.loading import check_vocab, list_checkpoints, load_model, tokens_seen_at
+from torchgpt.eval.loading import (
+    check_vocab,
+    list_checkpoints,
+    load_model,
+    read_metrics,
+    tokens_seen_at,
+)
 from torchgpt.model import GPT, get_model_args
 
 CONFIG = {"training": {"global_batch_tokens": 1000, "steps": 7}}
@@ -125,3 +131,22 @@ def test_check_vocab_rejects_a_different_vocabulary():
     check_vocab(tiny())
     with pytest.raises(ValueError, match="vocab_size=1000 but the GPT-2 tokenizer has 50257"):
         check_vocab(tiny(vocab_size=1000), source="ckpt")
+
+
+def test_metrics_after_a_resume_count_each_step_once(tmp_path):
+    """Launch 1 logs steps 1-15 (val at 10) and dies; launch 2 resumes from the step-10
+    checkpoint and logs 11-20. Reports see steps 1-20 once, and the logged step time is
+    the sum over those steps (the fault probe saw 38.9 s reported for 52.2 s of steps)."""
+    from torchgpt.report import logged_step_seconds
+
+    first = [{"step": s, "loss": 10.0 - s / 10, "step_time_s": 1.0} for s in range(1, 16)]
+    first.insert(10, {"step": 10, "val_loss": 9.0})
+    second = [{"step": s, "loss": 9.0 - s / 10, "step_time_s": 2.0} for s in range(11, 21)]
+    lines = [json.dumps(r) for r in first + second]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    records = read_metrics(tmp_path)
+    train = [r for r in records if "loss" in r]
+    assert [r["step"] for r in train] == list(range(1, 21))
+    assert all(r["step_time_s"] == (1.0 if r["step"] <= 10 else 2.0) for r in train)
+    assert [r["step"] for r in records if "val_loss" in r] == [10]
+    assert logged_step_seconds(train) == 10 * 1.0 + 10 * 2.0

@@ -53,8 +53,27 @@ def is_run_dir(path: Path) -> bool:
     )
 
 
+def current_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The records of the run as it stands: a resume rewinds to its checkpoint and logs those
+    steps again, so a training record at a step already passed drops every earlier record
+    from that step on (the abandoned steps, re-run or never reached again)."""
+    kept: list[dict[str, Any]] = []
+    last_train = 0
+    for record in records:
+        step = record.get("step")
+        if isinstance(step, int) and "loss" in record:
+            if step <= last_train:
+                kept = [
+                    r for r in kept if not (isinstance(r.get("step"), int) and r["step"] >= step)
+                ]
+            last_train = step
+        kept.append(record)
+    return kept
+
+
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The JSON records of RUN_DIR/metrics.jsonl ([] when absent); bad lines are skipped."""
+    """The JSON records of RUN_DIR/metrics.jsonl ([] when absent), each step once after a
+    resume (`current_timeline`); bad lines are skipped."""
     path = Path(run_dir) / METRICS_NAME
     if not path.is_file():
         return []
@@ -67,7 +86,7 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
         except ValueError:
             # A run killed mid-write leaves a partial last line; the rest is still good.
             logger.warning("%s line %d is not JSON; skipped", path, num)
-    return records
+    return current_timeline(records)
 
 
 def tokens_seen_at(run_dir: Path | None, step: int | None, config: dict | None) -> int | None:
