@@ -87,7 +87,9 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
             stopped = code == -signal.SIGTERM and any(c != -signal.SIGTERM for c in codes.values())
             note = " (stopped by torchrun after the failure above)" if stopped else ""
             print(f"run_train.sh: rank {rank} {_describe(code)}{note}", file=sys.stderr)
-        if all(code == EXIT_BAD_INPUT for code in codes.values()):
+        # Ranks torchrun stopped after the first failure are not a cause of their own.
+        causes = [c for c in codes.values() if c != -signal.SIGTERM] or list(codes.values())
+        if all(code == EXIT_BAD_INPUT for code in causes):
             return EXIT_BAD_INPUT
         print(
             f"run_train.sh: training failed; the traceback is in {run_dir}/train.log "

@@ -23,6 +23,7 @@ from torchgpt.parallel.dims import device_type
 from torchgpt.preemption import die_with_launcher
 from torchgpt.preflight import preflight
 from torchgpt.run_files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
+from torchgpt.run_lock import RunFolderBusy, RunLock
 from torchgpt.trainer import NonFiniteLossError, Trainer
 
 __all__ = ["NonFiniteLossError", "Trainer", "main"]
@@ -76,6 +77,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if not torch.cuda.is_available():
         tune_host_malloc()  # CPU runs: reuse freed activation blocks (see hardware.py)
+    lock = RunLock(cfg.run_dir)
+    if rank == 0:  # before anything is written; other ranks wait in the rendezvous
+        try:
+            lock.acquire()
+        except RunFolderBusy as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+    try:
+        return _run(cfg, rank)
+    finally:
+        lock.release()
+
+
+def _run(cfg: JobConfig, rank: int) -> int:
     trainer = None
     try:
         _init_distributed()

@@ -305,3 +305,47 @@ def test_a_flipped_byte_inside_a_shard_is_found_before_the_run(token_shards, tmp
     assert f"shard {shard} does not match its sha256 in manifest.json" in proc.stderr
     assert f"tools/prepare_data.py --verify {data}" in proc.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_one_job_owns_a_run_folder(token_shards, tmp_path):
+    """A second launch into a live job's folder is refused naming the holder; after the job is
+    killed (its lock left behind), the next launch takes the stale lock over and resumes."""
+    args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
+    args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
+    args += ["--checkpoint.interval", "2", "--validation.enable", "false"]
+    log = tmp_path / "first.log"
+    with open(log, "w") as out:
+        first = subprocess.Popen(
+            [str(REPO / "run_train.sh"), *args],
+            cwd=REPO,
+            env=fresh_env(NGPU="2"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "step      3/400" not in log.read_text():
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        holder = json.loads((tmp_path / "debug" / ".lock").read_text())
+        second = launch(args, fresh_env(NGPU="2"))
+        assert second.returncode == 2, second.stdout + second.stderr
+        assert f"is in use by another job (host {holder['host']}, pid {holder['pid']}" in (
+            second.stdout + second.stderr
+        )
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 15  # the workers die with their launcher
+    while _alive(holder["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    shorter = [*args, "--training.steps", "6", "--checkpoint.allow_change", "training.steps"]
+    third = launch(shorter, fresh_env())
+    out = third.stdout + third.stderr
+    assert third.returncode == 0, out[-3000:]
+    assert "taking over the stale lock" in out and "its process is gone" in out
+    assert "resumed from step" in out
+    assert not (tmp_path / "debug" / ".lock").exists()

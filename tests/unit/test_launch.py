@@ -30,8 +30,8 @@ def test_nodes_from_torchrun_args(args, expected):
 
 
 def test_a_checkpoint_refused_by_the_workers_writes_nothing(token_shards, tmp_path):
-    """The shape check at load time (here: info without model args, so preflight cannot tell)
-    refuses with exit 2 and leaves config.json, train.log and run_info.json as they were."""
+    """The shape check at load time (here: an older checkpoint, no model args and no checksums,
+    so preflight cannot tell) refuses with exit 2 and leaves the run folder as it was."""
     args = BASE + ["--data.dataset_path", str(token_shards), "--job.dump_folder", str(tmp_path)]
     args += ["--training.steps", "2", "--checkpoint.enable", "true", "--checkpoint.interval", "2"]
     run_dir = train_in_process(None, args)
@@ -39,6 +39,7 @@ def test_a_checkpoint_refused_by_the_workers_writes_nothing(token_shards, tmp_pa
     info = json.loads(info_path.read_text())
     del info["extra"]["model_args"]
     info_path.write_text(json.dumps(info))
+    (info_path.parent / "checksums.json").unlink()  # as an older torchgpt wrote them
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     assert train.main(args + ["--model.flavor", "gpt2-d128-l4"]) == 2
     after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}

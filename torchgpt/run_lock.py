@@ -1,0 +1,139 @@
+"""One job owns a run folder: RUN_DIR/.lock names its holder (host, pid, start time).
+
+Rank 0 of a launch takes the lock before it writes anything. A second launch into a folder
+whose holder is alive is refused (exit 2) with a message naming the holder; a stale lock (its
+process gone on this host, or no heartbeat for `stale_after` seconds from another host) is taken
+over with a warning, which is the normal case after a crash or a SIGKILL. The holder refreshes
+the lock's mtime every `heartbeat` seconds from a daemon thread and removes it on release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+
+
+class RunFolderBusy(RuntimeError):
+    """Another live job holds the run folder."""
+
+
+def _proc_start_ticks(pid: int) -> int | None:
+    """The start time of `pid` in clock ticks since boot (tells a reused pid apart)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[19])
+
+
+def _alive_here(holder: dict) -> bool:
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    ticks = _proc_start_ticks(pid)
+    return ticks is not None and ticks == holder.get("start_ticks")
+
+
+class RunLock:
+    """The lock of one run folder (see the module docstring)."""
+
+    def __init__(self, run_dir: Path, *, heartbeat: float = 30.0, stale_after: float = 180.0):
+        self.path = Path(run_dir) / LOCK_NAME
+        self.heartbeat, self.stale_after = heartbeat, stale_after
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._created_dir = False
+        self.me = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "start_ticks": _proc_start_ticks(os.getpid()),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def describe(self, holder: dict) -> str:
+        return (
+            f"host {holder.get('host')}, pid {holder.get('pid')}, "
+            f"started {holder.get('started_at')}"
+        )
+
+    def _stale_reason(self, holder: dict) -> str | None:
+        """Why the holder is gone, or None when it may still be running."""
+        if holder.get("host") == self.me["host"]:
+            return None if _alive_here(holder) else "its process is gone"
+        age = time.time() - self.path.stat().st_mtime
+        if age > self.stale_after:
+            return f"no heartbeat for {age:.0f} s"
+        return None
+
+    def acquire(self) -> None:
+        """Take the lock, or raise RunFolderBusy naming the live holder."""
+        self._created_dir = not self.path.parent.exists()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{LOCK_NAME}.{self.me['pid']}.tmp")
+        tmp.write_text(json.dumps(self.me) + "\n")
+        try:
+            try:
+                os.link(tmp, self.path)  # atomic, and fails if a lock exists (also on NFS)
+            except FileExistsError:
+                try:
+                    holder = json.loads(self.path.read_text())
+                except (OSError, ValueError):
+                    holder = {}
+                reason = self._stale_reason(holder) if holder else "it is unreadable"
+                if reason is None:
+                    raise RunFolderBusy(
+                        f"run folder {self.path.parent} is in use by another job "
+                        f"({self.describe(holder)}); wait for it to end, stop it, or choose "
+                        "another job.name / job.dump_folder"
+                    ) from None
+                logger.warning(
+                    "taking over the stale lock of %s (%s): %s",
+                    self.path.parent,
+                    self.describe(holder),
+                    reason,
+                )
+                os.replace(tmp, self.path)
+                if json.loads(self.path.read_text()).get("pid") != self.me["pid"]:
+                    raise RunFolderBusy(
+                        f"run folder {self.path.parent}: another launch took the stale lock "
+                        "at the same time; try again"
+                    ) from None
+        finally:
+            tmp.unlink(missing_ok=True)
+        self._thread = threading.Thread(target=self._beat, name="run-lock", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            try:
+                os.utime(self.path)
+            except OSError:
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lock (and the run folder if this made it empty)."""
+        self._stop.set()
+        if self._thread is None:
+            return
+        self._thread.join(timeout=5)
+        self._thread = None
+        try:
+            if json.loads(self.path.read_text()).get("pid") == self.me["pid"]:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+        if self._created_dir:
+            try:
+                self.path.parent.rmdir()  # only when empty: a refused launch leaves nothing
+            except OSError:
+                pass
