@@ -28,7 +28,8 @@ import torch.distributed as dist
 from torchgpt.config import ConfigError
 from torchgpt.config_manager import load_config
 from torchgpt.optim import lr_multiplier
-from torchgpt.train import Trainer, _init_distributed
+from torchgpt.parallel.dims import init_distributed
+from torchgpt.train import Trainer
 
 logger = logging.getLogger("lr_range_test")
 
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    _init_distributed()
+    init_distributed(cfg.parallelism.collective_timeout_s)
     lrs = geometric_lrs(args.min_lr, args.max_lr, args.steps)
     trainer = Trainer(cfg)
     try:

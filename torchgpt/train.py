@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import help_text
 from torchgpt.hardware import tune_host_malloc
-from torchgpt.parallel.dims import device_type
+from torchgpt.parallel.dims import init_distributed
 from torchgpt.preemption import die_with_launcher
 from torchgpt.preflight import preflight
 from torchgpt.run_files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
@@ -29,17 +29,18 @@ from torchgpt.trainer import NonFiniteLossError, Trainer
 __all__ = ["NonFiniteLossError", "Trainer", "main"]
 
 
-def _init_distributed() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device_type() == "cuda" else "gloo")
-
-
 def _report_failure(error: BaseException, cfg: JobConfig, trainer: Trainer | None) -> None:
     """One line on the console; the traceback in RUN_DIR/train.log (and here if TORCHGPT_DEBUG)."""
     rank = int(os.environ.get("RANK", "0"))
     step = trainer.train_state.step + 1 if trainer is not None else None
     where = f"step {step}" if step else "setup"
     message = " ".join(str(error).split()) or "(no message)"
+    if trainer is not None and ("timed out" in message.lower() or "timeout" in message.lower()):
+        message += (
+            f" [a collective waited longer than parallelism.collective_timeout_s="
+            f"{cfg.parallelism.collective_timeout_s:g} s during {trainer.phase}: another rank "
+            "stalled or died]"
+        )
     tb = traceback.format_exc()
     files = trainer.run_files if trainer is not None else RunFiles(cfg.run_dir, rank)
     log_path = files.record_failure(where, tb)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(cfg: JobConfig, rank: int) -> int:
     trainer = None
     try:
-        _init_distributed()
+        init_distributed(cfg.parallelism.collective_timeout_s)
         trainer = Trainer(cfg)
         trainer.train()
     except ConfigError as e:  # found by the workers (e.g. a checkpoint of another model)

@@ -10,6 +10,7 @@ import math
 import os
 import time
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -55,6 +56,7 @@ class Trainer:
         self.timer = StepTimer(self.device)
         self.preemption = PreemptionHandler()
         self._preempt_agreed = False  # some rank asked, as of the last all-reduce: act on this
+        self.phase = "setup"  # what the loop is doing: named when a collective times out
 
     # ---- construction -------------------------------------------------------------------
     def _setup_runtime(self) -> None:
@@ -164,6 +166,7 @@ class Trainer:
             async_mode=c.async_mode,
             enabled=c.enable,
             extra_metadata={"config": self.cfg.to_dict(), "model_args": asdict(self.model_args)},
+            collective_timeout=timedelta(seconds=self.cfg.parallelism.collective_timeout_s),
         )
 
     def _open_run_files(self) -> None:
@@ -196,16 +199,20 @@ class Trainer:
 
         Returns (loss, grad norm)."""
         self.timer.start()
+        self.phase = "data loading"
         micro_batches = [next(self.data_iter) for _ in range(self.grad_accum)]
         self.timer.lap("data")
+        self.phase = "forward/backward (FSDP all-gather / reduce-scatter, DDP all-reduce)"
         loss_sum = self.module.forward_backward(micro_batches)
         self.timer.lap("forward_backward")
+        self.phase = "clip_grad_norm (all-reduce of the gradient norm)"
         grad_norm = self.module.clip_grad_norm()
         # One small all-reduce carries the global loss and any rank's preemption request, so every
         # rank agrees on both (a signal may reach the ranks during different steps).
         stats = torch.stack(
             [loss_sum, torch.tensor(float(self.preemption.requested), device=self.device)]
         )
+        self.phase = "the all-reduce of the step's loss and preemption flag"
         if dist.is_initialized():
             dist.all_reduce(stats)
         loss_val = stats[0].item() / self.world_size
@@ -223,6 +230,7 @@ class Trainer:
                     "optimizer.lr, check the data, or set training.on_nonfinite=skip"
                 )
             logger.warning("step %d: non-finite loss %s, skipping the update", step, loss_val)
+        self.phase = "optimizer step"
         self.module.step(apply=finite)
         self.timer.lap("optimizer")
         return loss_val, gnorm
@@ -230,6 +238,7 @@ class Trainer:
     # ---- validation ---------------------------------------------------------------------
     def validate(self) -> float:
         """Mean token cross-entropy over the fixed validation batches of all ranks."""
+        self.phase = "validation (forward passes and the all-reduce of the loss)"
         return self.module.eval_loss(self.val_batches)
 
     # ---- the loop -----------------------------------------------------------------------
@@ -347,6 +356,7 @@ class Trainer:
             val_loss = self._maybe_validate(st.step, last_step, force=save_due)
             self._maybe_harness_eval(st.step, last_step)
             if save_due or self._preempt_agreed:
+                self.phase = f"the checkpoint save of step {st.step}"
                 ckpt_path = self.checkpointer.save(
                     st.step, val_loss=val_loss, force=self._preempt_agreed
                 )

@@ -349,3 +349,42 @@ def test_one_job_owns_a_run_folder(token_shards, tmp_path):
     assert "taking over the stale lock" in out and "its process is gone" in out
     assert "resumed from step" in out
     assert not (tmp_path / "debug" / ".lock").exists()
+
+
+def test_a_stalled_rank_fails_the_job_within_the_timeout(token_shards, tmp_path):
+    """SIGSTOP on rank 1 (a hung GPU, a stuck filesystem): rank 0's next collective times out
+    after parallelism.collective_timeout_s and names the phase; the job ends with exit 1."""
+    args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
+    args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
+    args += ["--checkpoint.interval", "1000", "--validation.enable", "false"]
+    args += ["--parallelism.collective_timeout_s", "5"]
+    log = tmp_path / "launch.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(REPO / "run_train.sh"), *args],
+            cwd=REPO,
+            env=fresh_env(NGPU="2"),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "step      2/400" not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        (rank1,) = [
+            w for w in _workers_of(proc.pid) if b"RANK=1" in Path(f"/proc/{w}/environ").read_bytes()
+        ]
+        os.kill(rank1, signal.SIGSTOP)
+        stopped = time.monotonic()
+        rc = proc.wait(timeout=120)
+        took = time.monotonic() - stopped
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
+    assert "collective waited longer than parallelism.collective_timeout_s=5 s during" in text
+    # 5 s to time out, then torchrun's 30 s grace before it SIGKILLs the stopped rank.
+    assert took < 5 + 30 + 20, took

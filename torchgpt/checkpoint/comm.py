@@ -6,6 +6,7 @@ every rank, so all ranks take the same branch and none waits forever in a collec
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import torch.distributed as dist
@@ -19,11 +20,11 @@ class Comm:
     is collective: construct a Comm on every rank at the same point.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, timeout: timedelta | None = None) -> None:
         self.is_dist = dist.is_available() and dist.is_initialized()
         self.rank = dist.get_rank() if self.is_dist else 0
         self.world_size = dist.get_world_size() if self.is_dist else 1
-        self.group = dist.new_group(backend="gloo") if self.is_dist else None
+        self.group = dist.new_group(backend="gloo", timeout=timeout) if self.is_dist else None
 
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's `obj` on every rank."""

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ class CheckpointManager:
         enabled: when False, `save` does nothing and resume "auto" starts fresh.
         extra_metadata: JSON-able dict (resolved config, model args) stored in each checkpoint's
             checkpoint_info.json.
+        collective_timeout: how long the checkpoint group's collectives wait for a peer.
 
     Attributes:
         last_blocked_seconds: how long the last `save` kept training waiting (sync: the whole
@@ -87,6 +88,7 @@ class CheckpointManager:
         async_mode: str = "disabled",
         enabled: bool = True,
         extra_metadata: dict | None = None,
+        collective_timeout: timedelta | None = None,
     ) -> None:
         _validate_args(states, interval, keep_latest_k, async_mode)
         self.run_dir = Path(run_dir)
@@ -99,7 +101,7 @@ class CheckpointManager:
             for name, s in states.items()
         }
         self._writer_factory = _writer_factory()
-        self._comm = Comm()
+        self._comm = Comm(collective_timeout)
         self._resumer = Resumer(self.ckpt_dir, self._states, self._comm)
         self._executor = ThreadPoolExecutor(1, "ckpt-finish") if async_mode == "async" else None
         self._pending: _PendingSave | None = None

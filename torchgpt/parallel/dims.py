@@ -7,7 +7,9 @@ dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DD
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -88,6 +90,24 @@ class ParallelDims:
             )
         name = "dp_shard" if self.fsdp_enabled else "dp_replicate"
         return init_device_mesh(device_type, (self.world_size,), mesh_dim_names=(name,))
+
+
+def init_distributed(timeout_s: float) -> None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), with a collective timeout.
+
+    On CUDA the device is set from LOCAL_RANK first and passed as device_id (NCCL binds its
+    communicator to it eagerly); on CPU it is gloo. A collective that waits longer than
+    `timeout_s` for a stalled or dead peer raises on every waiting rank instead of hanging.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return
+    timeout = timedelta(seconds=timeout_s)
+    if device_type() == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device, timeout=timeout)
+    else:
+        dist.init_process_group("gloo", timeout=timeout)
 
 
 def device_type() -> str:
