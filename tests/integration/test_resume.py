@@ -300,3 +300,28 @@ def test_bit_flipped_newest_checkpoint_is_quarantined_and_the_run_resumes_bitwis
     assert complete(run_dir, 20)  # saved again
     got, reference = losses(run_dir), losses(straight)
     assert {s: got[s] for s in range(11, 21)} == {s: reference[s] for s in range(11, 21)}
+
+
+def test_truncated_newest_checkpoint_costs_no_good_checkpoint(token_shards, tmp_path):
+    """The fault probe's retention case at 2 processes: keep_latest_k=2, checkpoints at 5, 10,
+    15, rank 1's shard of step-15 truncated. The relaunch quarantines step-15, resumes from 10,
+    saves 15 again, and step-10 survives (it used to be deleted with step-5)."""
+    extra = ["--training.steps", "15", "--checkpoint.interval", "5"]
+    extra += ["--checkpoint.keep_latest_k", "2"]
+    Job(token_shards, tmp_path, extra=extra).finish()
+    run_dir = tmp_path / "debug"
+    ckpts = run_dir / "checkpoints"
+    assert sorted(p.name for p in ckpts.glob("step-*")) == ["step-10", "step-15"]
+    shard = ckpts / "step-15" / "__1_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:-4096])
+    out = Job(token_shards, tmp_path, extra=extra).finish()
+    assert re.search(
+        r"corrupt checkpoint \S+step-15: verification failed: \S+__1_0\.distcp is", out
+    )
+    assert "resumed from step 10" in out
+    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == [
+        "step-10",
+        "step-15",
+        "step-15.corrupt",
+    ]
+    assert complete(run_dir, 15)
