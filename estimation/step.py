@@ -96,5 +96,5 @@ def prime_optimizer_state(module: TrainModule) -> None:
     for p in module.model.parameters():
         if p.requires_grad:
             p.grad = torch.zeros_like(p)
-    module.optimizer.step()
+    module.step()
     module.optimizer.zero_grad(set_to_none=True)

@@ -300,7 +300,7 @@ def test_a_flipped_byte_inside_a_shard_is_found_before_the_run(token_shards, tmp
     tokens.flush()
     del tokens
     args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(data)]
-    proc = launch([*args, "--job.dump_folder", str(tmp_path / "runs")], fresh_env())
+    proc = launch([*args, "--job.dump_folder", str(tmp_path / "runs")], fresh_env(NGPU="2"))
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"shard {shard} does not match its sha256 in manifest.json" in proc.stderr
     assert f"tools/prepare_data.py --verify {data}" in proc.stderr
