@@ -22,5 +22,5 @@ source "$(dirname "${BASH_SOURCE[0]}")/scripts/find_python.sh"
 echo "run_train.sh: python $py ($py_why)" >&2
 
 # torchgpt.launch checks the config and the data in this one process, then runs torchrun.
-exec "$py" -m torchgpt.launch --nproc-per-node "${NGPU:-auto}" --log-rank "${LOG_RANK:-0}" \
-  --torchrun-args "${TORCHRUN_ARGS:-}" -- "$@"
+exec "$py" -m torchgpt.launch --nproc-per-node="${NGPU:-auto}" --log-rank="${LOG_RANK:-0}" \
+  --torchrun-args="${TORCHRUN_ARGS:-}" -- "$@"

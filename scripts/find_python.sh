@@ -16,8 +16,13 @@ else
 fi
 if ! "$py" -c "import importlib.util as u, sys; sys.exit(not u.find_spec('torch'))" 2>/dev/null
 then
-  echo "$(basename "$0"): $py ($py_why) has no torch; run 'make setup' (creates .venv) or set" \
-    "PYTHON to an interpreter where 'pip install -e .' was run" >&2
+  if [ -n "${PYTHON:-}" ]; then
+    echo "$(basename "$0"): PYTHON=$py has no torch (or is not a Python); unset PYTHON to use" \
+      "the project's .venv, or point it at an interpreter where 'pip install -e .' was run" >&2
+  else
+    echo "$(basename "$0"): $py ($py_why) has no torch; run 'make setup' (creates .venv) or" \
+      "set PYTHON to an interpreter where 'pip install -e .' was run" >&2
+  fi
   exit 2
 fi
 # This checkout's torchgpt and tools, installed in that interpreter or not.

@@ -139,9 +139,10 @@ class Parallelism:
     data_parallel: Literal["fsdp", "ddp"] = "fsdp"
     """fsdp: FSDP2 fully_shard (HSDP with dp_replicate > 1); ddp:
     torch.nn.parallel.DistributedDataParallel over all ranks."""
-    collective_timeout_s: float = 600.0
+    collective_timeout_s: float = 1800.0
     """Seconds any collective waits for the other ranks; a stalled or dead rank then makes
-    every waiting rank fail, naming the phase, instead of hanging (gloo's default: 30 min)."""
+    every waiting rank fail, naming the phase, instead of hanging. Must exceed the longest
+    rank-0-only pause (in-training harness eval, checksums of a large checkpoint)."""
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     """Free all-gathered params after forward: default = every block but the last (TorchTitan)."""
 

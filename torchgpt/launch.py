@@ -15,6 +15,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
     from torchgpt.preemption import LAUNCHER_PID_ENV
     from torchgpt.run_files import LAUNCH_ID_ENV
 
-    os.environ[LAUNCH_ID_ENV] = uuid.uuid4().hex  # the workers inherit it (see preempted.json)
+    os.environ[LAUNCH_ID_ENV] = uuid.uuid4().hex  # the workers inherit it (see last_exit.json)
+    started = time.time()
     os.environ[LAUNCHER_PID_ENV] = str(os.getpid())  # workers die with us (die_with_launcher)
     if nproc > 1:
         # torchrun's default (one thread per worker), set here so it does not print a banner.
@@ -99,28 +101,34 @@ def _run_torchrun(torchrun_argv: list[str], run_dir: str, nproc: int) -> int:
         return EXIT_FAILED
     except SignalException as e:
         name = signal.Signals(e.sigval).name
-        saved = _preemption_record(run_dir)
-        if saved is not None:
+        ended = _exit_record(run_dir, started)
+        if ended is not None and ended.get("status") == "preempted":
             print(
-                f"run_train.sh: preempted by {name}: checkpoint of step {saved['step']} saved to "
-                f"{saved['checkpoint']}; the same command resumes from it",
+                f"run_train.sh: preempted by {name}: checkpoint of step {ended['step']} saved to "
+                f"{ended['checkpoint']}; the same command resumes from it",
                 file=sys.stderr,
             )
+            return EXIT_OK
+        if ended is not None:
+            print(f"run_train.sh: {name} arrived as the run finished: done", file=sys.stderr)
             return EXIT_OK
         print(f"run_train.sh: stopped by {name} before a checkpoint was saved", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
 
-def _preemption_record(run_dir: str) -> dict | None:
-    """This launch's preempted.json (written by rank 0 after its preemption checkpoint)."""
-    from torchgpt.run_files import LAUNCH_ID_ENV, PREEMPTED_NAME
+def _exit_record(run_dir: str, started: float) -> dict | None:
+    """This launch's last_exit.json: its launch id, or (another node's launcher, with its own
+    id) written after this launcher started."""
+    from torchgpt.run_files import EXIT_RECORD_NAME, LAUNCH_ID_ENV
 
     try:
-        record = json.loads((Path(run_dir) / PREEMPTED_NAME).read_text())
+        record = json.loads((Path(run_dir) / EXIT_RECORD_NAME).read_text())
     except (OSError, ValueError):
         return None
-    return record if record.get("launch_id") == os.environ.get(LAUNCH_ID_ENV) else None
+    ours = record.get("launch_id") == os.environ.get(LAUNCH_ID_ENV)
+    recent = isinstance(record.get("written_at"), (int, float)) and record["written_at"] >= started
+    return record if ours or recent else None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,6 +111,10 @@ def console_line(record: dict[str, Any], total_steps: int) -> str:
     )
 
 
+# Bookkeeping fields of a record, not curves (a Unix time is no chart; a resume is a mark).
+_NOT_SCALARS = {"step", "time", "resumed_from"}
+
+
 class MetricsLogger:
     """Writes one record per log step to the console, metrics.jsonl, TensorBoard and W&B."""
 
@@ -144,7 +148,9 @@ class MetricsLogger:
         record = {"time": time.time(), **record}
         self.jsonl.write(json.dumps(record) + "\n")
         step = int(record.get("step", 0))
-        scalars = {k: v for k, v in record.items() if isinstance(v, int | float) and k != "step"}
+        scalars = {
+            k: v for k, v in record.items() if isinstance(v, int | float) and k not in _NOT_SCALARS
+        }
         if self.tb is not None:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, step)

@@ -1,4 +1,4 @@
-"""The run directory's own files: train.log, config.json, run_info.json, preempted.json.
+"""The run directory's own files: train.log, config.json, run_info.json, last_exit.json.
 
 Nothing is written until a launch is accepted (`accept`): until then rank 0's log records wait
 in memory, so a refused launch (a bad checkpoint, another model) leaves the folder exactly as
@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import os
+import time
 from pathlib import Path
 
 from torchgpt.checkpoint.layout import write_json_atomic
@@ -19,9 +20,10 @@ from torchgpt.provenance import record_launch
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_NAME, CONFIG_NAME = "train.log", "config.json"
-# A preemption that saved its checkpoint leaves RUN_DIR/preempted.json holding the id that the
-# launcher put in the workers' environment; the launcher then exits 0 (README's exit codes).
-PREEMPTED_NAME = "preempted.json"
+# How the last launch ended when it ended well ("finished", or "preempted" after its checkpoint),
+# with the launch id and the time: a launcher stopped by a signal reads it to exit 0 when the
+# workers finished their job (README's exit codes).
+EXIT_RECORD_NAME = "last_exit.json"
 LAUNCH_ID_ENV = "TORCHGPT_LAUNCH_ID"
 
 _PACKAGE_LOGGER = logging.getLogger("torchgpt")
@@ -52,15 +54,17 @@ class RunFiles:
         _PACKAGE_LOGGER.addHandler(self._log_file)
         record_launch(self.run_dir, **launch)
 
-    def record_preemption(self, step: int, checkpoint: Path) -> None:
-        """preempted.json: this launch's signal ended in a saved checkpoint (exit 0, requeue)."""
+    def record_exit(self, status: str, step: int, checkpoint: Path | None) -> None:
+        """last_exit.json: this launch ended well ("finished" or "preempted" after a save)."""
         if self.rank == 0:
             write_json_atomic(
-                self.run_dir / PREEMPTED_NAME,
+                self.run_dir / EXIT_RECORD_NAME,
                 {
+                    "status": status,
                     "launch_id": os.environ.get(LAUNCH_ID_ENV, ""),
+                    "written_at": time.time(),
                     "step": step,
-                    "checkpoint": str(checkpoint),
+                    "checkpoint": str(checkpoint) if checkpoint else None,
                 },
             )
 

@@ -75,6 +75,30 @@ class RunLock:
             return f"no heartbeat for {age:.0f} s"
         return None
 
+    def _read(self) -> dict:
+        try:
+            holder = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _wait_for_remote_holder(self, holder: dict) -> str | None:
+        """Another host's holder: wait until its heartbeat is `stale_after` old (a crashed
+        node's relaunch is not refused), or refuse once it has kept beating that long."""
+        waited = time.monotonic()
+        logger.warning(
+            "%s is locked by %s: waiting up to %.0f s for its heartbeat to stop",
+            self.path.parent,
+            self.describe(holder),
+            self.stale_after,
+        )
+        while time.monotonic() - waited <= self.stale_after:
+            reason = self._stale_reason(holder)
+            if reason is not None:
+                return reason
+            time.sleep(min(5.0, self.stale_after / 10))
+        return None
+
     def acquire(self) -> None:
         """Take the lock, or raise RunFolderBusy naming the live holder."""
         self._created_dir = not self.path.parent.exists()
@@ -82,36 +106,59 @@ class RunLock:
         tmp = self.path.with_name(f"{LOCK_NAME}.{self.me['pid']}.tmp")
         tmp.write_text(json.dumps(self.me) + "\n")
         try:
-            try:
-                os.link(tmp, self.path)  # atomic, and fails if a lock exists (also on NFS)
-            except FileExistsError:
+            for _ in range(5):
                 try:
-                    holder = json.loads(self.path.read_text())
-                except (OSError, ValueError):
-                    holder = {}
+                    os.link(tmp, self.path)  # atomic, fails if a lock exists (also on NFS)
+                    break
+                except FileExistsError:
+                    pass
+                holder = self._read()
                 reason = self._stale_reason(holder) if holder else "it is unreadable"
+                if reason is None and holder.get("host") != self.me["host"]:
+                    reason = self._wait_for_remote_holder(holder)
                 if reason is None:
                     raise RunFolderBusy(
                         f"run folder {self.path.parent} is in use by another job "
                         f"({self.describe(holder)}); wait for it to end, stop it, or choose "
                         "another job.name / job.dump_folder"
-                    ) from None
-                logger.warning(
-                    "taking over the stale lock of %s (%s): %s",
-                    self.path.parent,
-                    self.describe(holder),
-                    reason,
+                    )
+                self._remove_stale(holder, reason)
+            else:
+                raise RunFolderBusy(
+                    f"run folder {self.path.parent}: other launches keep taking its lock; "
+                    "launch one job at a time"
                 )
-                os.replace(tmp, self.path)
-                if json.loads(self.path.read_text()).get("pid") != self.me["pid"]:
-                    raise RunFolderBusy(
-                        f"run folder {self.path.parent}: another launch took the stale lock "
-                        "at the same time; try again"
-                    ) from None
         finally:
             tmp.unlink(missing_ok=True)
         self._thread = threading.Thread(target=self._beat, name="run-lock", daemon=True)
         self._thread.start()
+
+    def _remove_stale(self, holder: dict, reason: str) -> None:
+        """Move the stale lock aside under a unique name: only one taker's rename gets it, and
+        a lock that turns out to be someone else's fresh one is put back."""
+        aside = self.path.with_name(f"{LOCK_NAME}.stale.{self.me['pid']}.{time.time_ns()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another launch moved it first; try to link again
+        try:
+            moved = json.loads(aside.read_text())
+        except (OSError, ValueError):
+            moved = {}
+        if moved and moved != holder:  # a fresh lock taken meanwhile: not ours to remove
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+            aside.unlink(missing_ok=True)
+            return
+        aside.unlink(missing_ok=True)
+        logger.warning(
+            "taking over the stale lock of %s (%s): %s",
+            self.path.parent,
+            self.describe(holder),
+            reason,
+        )
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):

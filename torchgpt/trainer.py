@@ -287,6 +287,7 @@ class Trainer:
         e = self.cfg.eval
         if not e.enable or not (step % e.interval == 0 or step == last_step):
             return
+        self.phase = f"the in-training harness eval of step {step} (others wait at a barrier)"
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         from torchgpt.checkpoint.loading import build_model
@@ -319,6 +320,7 @@ class Trainer:
         """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""
         cfg, st = self.cfg, self.train_state
         c = cfg.checkpoint
+        self.phase = "loading the checkpoint to resume"
         try:
             resumed = self.checkpointer.load(
                 resume=c.resume, load_step=c.load_step, load_path=c.load_path
@@ -328,6 +330,8 @@ class Trainer:
         self._open_run_files()
         if resumed is not None:
             logger.info("resumed from step %d (%s tokens seen)", st.step, f"{st.tokens_seen:,}")
+            # Readers drop what an earlier launch logged after this step (eval.loading).
+            self.metrics.log({"step": st.step, "resumed_from": st.step})
         self.preemption.install()
         last_step = cfg.training.steps
         tokens_per_step = cfg.training.global_batch_tokens
@@ -366,10 +370,12 @@ class Trainer:
                     "preempted: checkpoint of step %d saved to %s; exiting", st.step, ckpt_path
                 )
                 if ckpt_path is not None:
-                    self.run_files.record_preemption(st.step, ckpt_path)
+                    self.run_files.record_exit("preempted", st.step, ckpt_path)
                 return ckpt_path
+        self.phase = "the final checkpoint's completion and the model export"
         self.checkpointer.wait()
         self._export_model()
+        self.run_files.record_exit("finished", st.step, ckpt_path)
         return ckpt_path
 
     def _export_model(self) -> None:

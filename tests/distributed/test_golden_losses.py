@@ -2,7 +2,8 @@
 
 The first 10 losses of the fixed fp32 debug config (tests.trainer_utils.BASE on the synthetic
 shards) at 1 process and at FSDP2 x 2 were recorded in tests/golden_losses.json before the
-training step moved into torchgpt/train_module.py. On the machine kind that recorded them
+training step moved into torchgpt/train_module.py (the machine key later gained the core count
+and CPU flags; the values are that first recording). On the machine kind that recorded them
 (same CPU model and torch) they must match bitwise; on another CPU, whose kernels may order
 fp32 sums differently, within 1e-5 relative: the parity tolerance between layouts (a changed
 computation moves them by far more).
@@ -11,6 +12,7 @@ Re-record, only for an intended change of the math, with TORCHGPT_RECORD_GOLDEN=
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,7 +28,17 @@ GOLDEN = Path(__file__).resolve().parents[1] / "golden_losses.json"
 
 
 def _machine() -> str:
-    return f"{cpu_name()} | torch {torch.__version__.split('+')[0]}"
+    """The CPU model, its core count and feature flags (AVX-512, AMX...), and torch: what
+    decides which kernels run. "AMD EPYC" alone names several chips."""
+    flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = " ".join(sorted(line.split(":", 1)[1].split()))
+            break
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return (
+        f"{cpu_name()} x{os.cpu_count()} flags {digest} | torch {torch.__version__.split('+')[0]}"
+    )
 
 
 @pytest.mark.parametrize("world_size", [1, 2])

@@ -156,6 +156,7 @@ def test_failure_during_the_run_one_line_exit_1(token_shards, tmp_path, debug):
     data = tmp_path / "data"
     _corrupt_token_ids(token_shards, data)
     args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(data)]
+    args += ["--data.verify_checksums", "false"]  # let the damage surface during the run
     env = fresh_env(NGPU="2", **({"TORCHGPT_DEBUG": "1"} if debug else {}))
     proc = launch([*args, "--job.dump_folder", str(tmp_path / "runs")], env)
     out = proc.stdout + proc.stderr
@@ -235,8 +236,9 @@ def test_workers_never_outlive_the_launcher(token_shards, tmp_path):
     """kill -9 of the launcher's process group (an OOM kill, a scheduler's hard stop): torchrun
     had put the workers in sessions of their own; they must still be gone within 15 s."""
     args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
-    args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
-    args += ["--checkpoint.interval", "1000", "--validation.enable", "false"]
+    # Far more steps than the 15 s window can finish: the workers must die, not end.
+    args += ["--job.dump_folder", str(tmp_path), "--training.steps", "100000"]
+    args += ["--checkpoint.interval", "1000000", "--validation.enable", "false"]
     log = tmp_path / "launch.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(
@@ -249,7 +251,7 @@ def test_workers_never_outlive_the_launcher(token_shards, tmp_path):
         )
     try:
         deadline = time.monotonic() + 120
-        while "step      2/400" not in log.read_text():
+        while "step      2/100000" not in log.read_text():
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
         workers = _workers_of(proc.pid)

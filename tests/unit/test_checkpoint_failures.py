@@ -7,7 +7,6 @@ import errno
 import logging
 import os
 import re
-import shutil
 
 import pytest
 import torch
@@ -192,7 +191,7 @@ def test_a_corrupt_checkpoint_neither_counts_nor_costs_the_good_ones(tmp_path):
 
 def test_a_half_loaded_unverifiable_checkpoint_stops_the_run(tmp_path):
     """Without checksums (an older torchgpt's checkpoint) damage shows only while loading; once
-    part of the model is overwritten, auto-resume must not go on with another checkpoint."""
+    part of the model is overwritten, auto-resume must not load another checkpoint on top."""
     b = Bundle()
     mgr = b.manager(tmp_path)
     mgr.save(2)
@@ -202,9 +201,29 @@ def test_a_half_loaded_unverifiable_checkpoint_stops_the_run(tmp_path):
     (ckpt_dir / "step-4" / "checksums.json").unlink()
     shard = ckpt_dir / "step-4" / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:-2000])
-    shutil.rmtree(ckpt_dir / "step-2")
-    with pytest.raises(RuntimeError, match="already overwrote part of the model"):
+    with pytest.raises(RuntimeError, match="after part of the model was read from it"):
         Bundle(seed=9).manager(tmp_path).load()
+    # Quarantined: the next launch resumes from the checkpoint before it.
+    assert (ckpt_dir / "step-4.corrupt").is_dir()
+    assert Bundle(seed=9).manager(tmp_path).load() == 2
+
+
+def test_a_load_failure_of_intact_files_renames_nothing(tmp_path, monkeypatch):
+    """Files that match their checksums are not the problem (memory, torch, a peer): the
+    checkpoint stays where it is and the error says so."""
+    import torch.distributed.checkpoint as dcp
+
+    b = Bundle()
+    mgr = b.manager(tmp_path)
+    mgr.save(2)
+
+    def failing_load(*args, **kwargs):
+        raise MemoryError("out of memory while loading")
+
+    monkeypatch.setattr(dcp, "load", failing_load)
+    with pytest.raises(RuntimeError, match="files match their checksums: MemoryError"):
+        Bundle(seed=9).manager(tmp_path).load()
+    assert (tmp_path / "checkpoints" / "step-2").is_dir()
 
 
 def test_shape_mismatch_lists_keys_and_shapes(tmp_path):

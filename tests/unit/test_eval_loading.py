@@ -150,3 +150,17 @@ def test_metrics_after_a_resume_count_each_step_once(tmp_path):
     assert all(r["step_time_s"] == (1.0 if r["step"] <= 10 else 2.0) for r in train)
     assert [r["step"] for r in records if "val_loss" in r] == [10]
     assert logged_step_seconds(train) == 10 * 1.0 + 10 * 2.0
+
+
+def test_a_resume_mark_drops_the_abandoned_validation_records(tmp_path):
+    """Crash at 107 with log_freq 10 and validation every 5, resume from 100: the step-105
+    validation of the abandoned timeline goes, although no training record repeats it."""
+    records = [{"step": s, "loss": 1.0, "step_time_s": 1.0} for s in (90, 100)]
+    records += [{"step": 100, "val_loss": 2.0}, {"step": 105, "val_loss": 2.1}]
+    records += [{"step": 100, "resumed_from": 100}, {"step": 105, "val_loss": 2.05}]
+    records += [{"step": 110, "loss": 0.9, "step_time_s": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    got = read_metrics(tmp_path)
+    assert [(r["step"], r["val_loss"]) for r in got if "val_loss" in r] == [(100, 2.0), (105, 2.05)]
+    assert [r["step"] for r in got if "loss" in r] == [90, 100, 110]
+    assert not any("resumed_from" in r for r in got)

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -62,10 +63,25 @@ def test_stale_locks_are_taken_over_with_a_warning(tmp_path, caplog):
     assert "taking over the stale lock" in caplog.text and "its process is gone" in caplog.text
     assert json.loads((tmp_path / "dead" / LOCK_NAME).read_text())["pid"] == os.getpid()
     lock.release()
-    # Another host: alive while its heartbeat is fresh, stale once it is old.
+    # Another host: a holder that keeps beating for stale_after seconds refuses the launch...
     _write_lock(tmp_path / "far", host="other-node", pid=1, start_ticks=1)
-    with pytest.raises(RunFolderBusy, match="host other-node"):
-        RunLock(tmp_path / "far", stale_after=60).acquire()
+    stop = threading.Event()
+
+    def beat():
+        while not stop.wait(0.05):
+            os.utime(tmp_path / "far" / LOCK_NAME)
+
+    beater = threading.Thread(target=beat)
+    beater.start()
+    try:
+        start = time.monotonic()
+        with pytest.raises(RunFolderBusy, match="host other-node"):
+            RunLock(tmp_path / "far", stale_after=0.5).acquire()
+        assert time.monotonic() - start >= 0.5  # it waited for the heartbeat to stop first
+    finally:
+        stop.set()
+        beater.join()
+    # ...one whose heartbeat stopped (a crashed node) is taken over.
     old = time.time() - 600
     os.utime(tmp_path / "far" / LOCK_NAME, (old, old))
     lock = RunLock(tmp_path / "far", stale_after=60)

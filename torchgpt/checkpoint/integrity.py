@@ -61,7 +61,15 @@ def verify(folder: Path) -> str | None:
     """None when every recorded file is present with its size and CRC-32, else what is wrong.
 
     A checkpoint written before checksums existed (no checksums.json) passes with a warning.
+    Never raises for a bad checkpoint: a read error is the answer (callers broadcast it).
     """
+    try:
+        return _verify(folder)
+    except OSError as e:
+        return f"{folder} could not be read: {type(e).__name__}: {e}"
+
+
+def _verify(folder: Path) -> str | None:
     record = read_json(folder / CHECKSUMS_NAME)
     if record is None:
         if has_checksums(folder):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from torchgpt.checkpoint import layout
+from torchgpt.checkpoint import integrity, layout
 from torchgpt.checkpoint.export import load_full_model_state_dict, load_model_only, save_model_only
 from torchgpt.model.args import ModelArgs
 from torchgpt.model.gpt import GPT
@@ -120,6 +120,11 @@ def read_model_state(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
             "config": payload["config"] or {},
         }
         return payload["model"], meta
+    problem = integrity.verify(source)
+    if problem is not None:
+        raise ValueError(
+            f"checkpoint {source} fails verification: {problem}; pick another checkpoint"
+        )
     info = layout.read_json(source / layout.INFO_NAME) or {}
     extra = info.get("extra") or {}
     meta = {

@@ -61,20 +61,19 @@ class Resumer:
         found = self.comm.broadcast(on_rank_0)
         for path in found.incomplete:
             logger.warning("skipping incomplete checkpoint %s (its save never finished)", path)
-        touched: list[Path] = []
         for _, path in reversed(found.complete):
             try:
                 return self._load_dir(path, explicit=False)
             except _CorruptCheckpoint as e:
-                self._quarantine(path, str(e))
+                moved = self._quarantine(path, str(e))
                 if e.touched_state:
-                    touched.append(path)
-        if touched:
-            raise RuntimeError(
-                f"no checkpoint in {self.ckpt_dir} could be loaded, and reading "
-                f"{[str(p) for p in touched]} already overwrote part of the model: move the "
-                "corrupt folders away, then resume again (or set checkpoint.resume=none)"
-            )
+                    # Reading it overwrote part of the model: no older checkpoint may be loaded
+                    # on top of that in this process. The next launch starts clean.
+                    raise RuntimeError(
+                        f"checkpoint {path} failed while loading ({e}) after part of the model "
+                        f"was read from it; it was quarantined as {moved}. Launch again: the "
+                        "next launch resumes from the newest remaining checkpoint"
+                    ) from e
         logger.info("no complete checkpoint in %s: starting fresh", self.ckpt_dir)
         return None
 
@@ -86,7 +85,7 @@ class Resumer:
             raise ValueError(f"{key}: {problem}")
         return self._load_dir(path, explicit=True)
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: Path, reason: str) -> Path | None:
         """Rank 0 moves a checkpoint that failed aside (step-N.corrupt); every rank logs why."""
         moved = None
         if self.comm.rank == 0:
@@ -101,6 +100,7 @@ class Resumer:
             reason,
             moved,
         )
+        return moved
 
     def _verify(self, path: Path, explicit: bool) -> None:
         """Rank 0 checks every file against the checksums written at save (shared filesystem)."""
@@ -133,6 +133,13 @@ class Resumer:
         except DCP_ERRORS as e:
             if explicit:
                 raise ValueError(f"checkpoint {path} could not be read: {describe_error(e)}") from e
+            if integrity.has_checksums(path):
+                # Its files are the ones that were saved: the cause is elsewhere (memory, the
+                # torch version, a peer). Renaming it would hide a good checkpoint.
+                raise RuntimeError(
+                    f"loading checkpoint {path} failed although its files match their "
+                    f"checksums: {describe_error(e)}; fix the cause and launch again"
+                ) from e
             raise _CorruptCheckpoint(describe_error(e), touched_state=True) from e
         for name, state in self.states.items():
             if name in state_dict:

@@ -55,12 +55,18 @@ def is_run_dir(path: Path) -> bool:
 
 def current_timeline(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The records of the run as it stands: a resume rewinds to its checkpoint and logs those
-    steps again, so a training record at a step already passed drops every earlier record
-    from that step on (the abandoned steps, re-run or never reached again)."""
+    steps again. The trainer marks each resume ({"resumed_from": N}: every earlier record after
+    step N is dropped); for files without marks, a training record at a step already passed
+    drops every earlier record from that step on."""
     kept: list[dict[str, Any]] = []
     last_train = 0
     for record in records:
         step = record.get("step")
+        if isinstance(record.get("resumed_from"), int):  # the trainer's mark of a resume
+            resumed = record["resumed_from"]
+            kept = [r for r in kept if not isinstance(r.get("step"), int) or r["step"] <= resumed]
+            last_train = min(last_train, resumed)
+            continue
         if isinstance(step, int) and "loss" in record:
             if step <= last_train:
                 kept = [

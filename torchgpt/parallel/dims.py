@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -22,6 +22,7 @@ class ParallelDims:
     dp_shard: int
     world_size: int
     data_parallel: str = "fsdp"
+    collective_timeout_s: float | None = field(default=None, compare=False, repr=False)
 
     @classmethod
     def from_config(cls, par, world_size: int) -> ParallelDims:
@@ -47,7 +48,7 @@ class ParallelDims:
                 f"parallelism: dp_replicate({rep}) x dp_shard({shard}) = {rep * shard} "
                 f"!= world_size({world_size}); make the product equal the number of processes"
             )
-        return cls(rep, shard, world_size, par.data_parallel)
+        return cls(rep, shard, world_size, par.data_parallel, par.collective_timeout_s)
 
     @property
     def dp_degree(self) -> int:
@@ -83,13 +84,32 @@ class ParallelDims:
         if self.world_size == 1:
             return None
         if self.hsdp_enabled:
+            # The 2-D mesh makes its own subgroups: without options they would get torch's
+            # default timeout (30 min gloo, 10 min NCCL), not collective_timeout_s.
+            options = _timeout_options(self.collective_timeout_s)
             return init_device_mesh(
                 device_type,
                 (self.dp_replicate, self.dp_shard),
                 mesh_dim_names=("dp_replicate", "dp_shard"),
+                backend_override={0: options, 1: options} if options else None,
             )
         name = "dp_shard" if self.fsdp_enabled else "dp_replicate"
         return init_device_mesh(device_type, (self.world_size,), mesh_dim_names=(name,))
+
+
+def _timeout_options(timeout_s: float | None) -> tuple[str, object] | None:
+    """(backend, options) that give a mesh subgroup the job's collective timeout."""
+    if timeout_s is None or not dist.is_initialized():
+        return None
+    backend = dist.get_backend()
+    if backend == "gloo":
+        options = dist.ProcessGroupGloo._Options()
+    elif backend == "nccl":
+        options = dist.ProcessGroupNCCL.Options()
+    else:
+        return None
+    options._timeout = timedelta(seconds=timeout_s)
+    return backend, options
 
 
 def init_distributed(timeout_s: float) -> None:
