@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
+from torchgpt.checkpoint.export import export_model
 from torchgpt.checkpoint.states import TrainState
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.data.loader import TrainLoader, build_val_batches
@@ -235,13 +236,12 @@ class Trainer:
         self.timer.lap("optimizer")
         return loss_val, gnorm
 
-    # ---- validation ---------------------------------------------------------------------
     def validate(self) -> float:
         """Mean token cross-entropy over the fixed validation batches of all ranks."""
         self.phase = "validation (forward passes and the all-reduce of the loss)"
         return self.module.eval_loss(self.val_batches)
 
-    # ---- the loop -----------------------------------------------------------------------
+    # ---- the loop: logging, validation, harness eval, checkpoints ------------------------
     def _log_step(self, loss: float, gnorm: float, t_log: float, tokens_since: int) -> None:
         st, steps = self.train_state, max(self._steps_since_log, 1)
         record = step_record(
@@ -380,19 +380,14 @@ class Trainer:
 
     def _export_model(self) -> None:
         """Model-only export (plain state dict, args, config) in checkpoint.export_dtype."""
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from torchgpt.checkpoint import save_model_only
-
-        sd = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        path = export_model(
+            self.model,
+            self.run_dir / "model.pt",
+            model_args=asdict(self.model_args),
+            config=self.cfg.to_dict(),
+            dtype=getattr(torch, self.cfg.checkpoint.export_dtype),
         )
-        if self.rank == 0:
-            dtype = getattr(torch, self.cfg.checkpoint.export_dtype)
-            path = save_model_only(
-                sd, asdict(self.model_args), self.cfg.to_dict(), self.run_dir / "model.pt", dtype
-            )
-            logger.info("exported the final model to %s", path)
+        logger.info("exported the final model to %s", path)
 
     def close(self) -> None:
         """Close the metrics sinks and run files; put back the signal handlers train() set."""
