@@ -30,7 +30,7 @@ from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
 from torchgpt.eval.loading import check_vocab, load_model
 from torchgpt.model import GPT, KVCache
 from torchgpt.model.generate import sample_next
-from torchgpt.progress import Progress
+from torchgpt.progress import Progress, is_terminal
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +202,8 @@ class TorchGPTLM(TemplateLM):
         results = []
         # Rate and ETA on stderr, like the harness's own backends (longest requests come first,
         # so the early rate is the slowest); a line every 10 s when stderr is a log file.
-        progress = Progress(len(requests), "loglikelihood requests", disable=disable_tqdm)
+        disable = getattr(self, "_progress_off", disable_tqdm)
+        progress = Progress(len(requests), "loglikelihood requests", disable=disable)
         for chunk in collator.get_batched(n=self.batch_size):
             for request, answer in zip(chunk, self._score_chunk(chunk), strict=True):
                 results.append(answer)
@@ -272,8 +273,11 @@ class TorchGPTLM(TemplateLM):
         return results
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+        # The harness's own "Tokenizing inputs" bar only on a terminal; our request progress
+        # (a sparse line in a log file) follows disable_tqdm alone.
+        self._progress_off = disable_tqdm
         with _eval_mode(self.model):
-            return super().loglikelihood(requests, disable_tqdm=disable_tqdm)
+            return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not is_terminal())
 
 
 @contextlib.contextmanager
