@@ -56,6 +56,26 @@ def snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def start_job(args: list[str], log: Path, nproc: int = 2) -> subprocess.Popen:
+    """run_train.sh in a session of its own (so its whole group can be killed), output to log."""
+    with open(log, "w") as out:
+        return subprocess.Popen(
+            [str(REPO / "run_train.sh"), *args],
+            cwd=REPO,
+            env=fresh_env(NGPU=str(nproc)),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_line(proc: subprocess.Popen, log: Path, line: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while line not in log.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.1)
+
+
 def test_fresh_path_launch_uses_python_and_trains(token_shards, tmp_path):
     args = ["train_configs/debug_model.toml", *TINY, "--data.dataset_path", str(token_shards)]
     proc = launch([*args, "--job.dump_folder", str(tmp_path)], fresh_env())
@@ -179,19 +199,9 @@ def test_sigterm_to_the_launcher_saves_and_exits_0(token_shards, tmp_path):
     args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
     args += ["--checkpoint.interval", "1000", "--validation.enable", "false"]
     log = tmp_path / "launch.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(REPO / "run_train.sh"), *args],
-            cwd=REPO,
-            env=fresh_env(NGPU="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_job(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while "step      2/400" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_for_line(proc, log, "step      2/400")
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=120)
     finally:
@@ -240,20 +250,9 @@ def test_workers_never_outlive_the_launcher(token_shards, tmp_path):
     args += ["--job.dump_folder", str(tmp_path), "--training.steps", "100000"]
     args += ["--checkpoint.interval", "1000000", "--validation.enable", "false"]
     log = tmp_path / "launch.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(REPO / "run_train.sh"), *args],
-            cwd=REPO,
-            env=fresh_env(NGPU="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_job(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while "step      2/100000" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_for_line(proc, log, "step      2/100000")
         workers = _workers_of(proc.pid)
         assert len(workers) == 2, workers
         assert all(os.getsid(w) != os.getsid(proc.pid) for w in workers)  # their own sessions
@@ -316,20 +315,9 @@ def test_one_job_owns_a_run_folder(token_shards, tmp_path):
     args += ["--job.dump_folder", str(tmp_path), "--training.steps", "400"]
     args += ["--checkpoint.interval", "2", "--validation.enable", "false"]
     log = tmp_path / "first.log"
-    with open(log, "w") as out:
-        first = subprocess.Popen(
-            [str(REPO / "run_train.sh"), *args],
-            cwd=REPO,
-            env=fresh_env(NGPU="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    first = start_job(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while "step      3/400" not in log.read_text():
-            assert first.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_for_line(first, log, "step      3/400")
         holder = json.loads((tmp_path / "debug" / ".lock").read_text())
         second = launch(args, fresh_env(NGPU="2"))
         assert second.returncode == 2, second.stdout + second.stderr
@@ -361,20 +349,9 @@ def test_a_stalled_rank_fails_the_job_within_the_timeout(token_shards, tmp_path)
     args += ["--checkpoint.interval", "1000", "--validation.enable", "false"]
     args += ["--parallelism.collective_timeout_s", "5"]
     log = tmp_path / "launch.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(REPO / "run_train.sh"), *args],
-            cwd=REPO,
-            env=fresh_env(NGPU="2"),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_job(args, log)
     try:
-        deadline = time.monotonic() + 120
-        while "step      2/400" not in log.read_text():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
+        wait_for_line(proc, log, "step      2/400")
         (rank1,) = [
             w for w in _workers_of(proc.pid) if b"RANK=1" in Path(f"/proc/{w}/environ").read_bytes()
         ]
