@@ -29,29 +29,43 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 class StepTimer:
-    """Accumulates wall time per phase (data, forward_backward, optimizer) between log steps."""
+    """Wall time per phase (data, forward_backward, optimizer) between log steps.
+
+    On CUDA each mark is a CUDA event, read only by `pop()` at a log step (one synchronize
+    there); marking never waits for the device, so a non-log step issues no host sync here.
+    Elsewhere the marks are perf_counter readings.
+    """
 
     def __init__(self, device: torch.device):
-        self.device = device
-        self.totals: dict[str, float] = {}
-        self._t0 = 0.0
+        self.cuda = device.type == "cuda"
+        self._start: Any = None
+        self._laps: list[tuple[str, Any, Any]] = []
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+    def _mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
 
     def start(self) -> None:
-        self._sync()
-        self._t0 = time.perf_counter()
+        self._start = self._mark()
 
     def lap(self, phase: str) -> None:
-        self._sync()
-        now = time.perf_counter()
-        self.totals[phase] = self.totals.get(phase, 0.0) + now - self._t0
-        self._t0 = now
+        now = self._mark()
+        if self._start is not None:
+            self._laps.append((phase, self._start, now))
+        self._start = now
 
     def pop(self) -> dict[str, float]:
-        totals, self.totals = self.totals, {}
+        """Seconds per phase since the last pop (synchronizes once on CUDA)."""
+        if self.cuda and self._laps:
+            self._laps[-1][2].synchronize()
+        totals: dict[str, float] = {}
+        for phase, begin, end in self._laps:
+            seconds = begin.elapsed_time(end) / 1e3 if self.cuda else end - begin
+            totals[phase] = totals.get(phase, 0.0) + seconds
+        self._laps = []
         return totals
 
 

@@ -216,12 +216,13 @@ class Trainer:
         self.phase = "the all-reduce of the step's loss and preemption flag"
         if dist.is_initialized():
             dist.all_reduce(stats)
-        loss_val = stats[0].item() / self.world_size
+        # The step's one host sync: loss, flag and norm come back together.
+        loss_sum_all, flag, gnorm = torch.cat([stats, grad_norm.reshape(1).float()]).tolist()
+        loss_val = loss_sum_all / self.world_size
         # Only the all-reduced flag may steer the loop: the handler can set `requested` on one
         # rank after this all-reduce, and a rank acting on it alone would enter the checkpoint
         # collectives by itself and hang (checkpoint-helper fix, tests/integration/test_resume.py).
-        self._preempt_agreed = stats[1].item() > 0
-        gnorm = grad_norm.item()
+        self._preempt_agreed = flag > 0
         finite = math.isfinite(loss_val) and math.isfinite(gnorm)
         if not finite:
             step = self.train_state.step + 1
