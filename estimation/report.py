@@ -42,7 +42,7 @@ class Estimate:
 
 def build_estimate(
     plan: TrainingPlan,
-    gpu: str,
+    gpu: str | GPUSpec,
     *,
     source: str = "",
     trace: bool = True,
@@ -55,7 +55,7 @@ def build_estimate(
 
     Args:
         plan: the layout.
-        gpu: a key of torchgpt.hardware.GPUS.
+        gpu: a key of torchgpt.hardware.GPUS, or a GPUSpec describing another GPU.
         source: where the config came from (printed).
         trace: also trace a step under FakeTensorMode (seconds; skipped for DDP).
         mfu: assumed MFU; default per GPU type.
@@ -67,7 +67,7 @@ def build_estimate(
         ValueError: unknown GPU, bad MFU / price / Chinchilla inputs.
     """
     key, spec = resolve_gpu(gpu)
-    speed = estimate_speed(plan, key, mfu=mfu, usd_per_gpu_hour=usd_per_gpu_hour)
+    speed = estimate_speed(plan, gpu, mfu=mfu, usd_per_gpu_hour=usd_per_gpu_hour)
     n_model = num_params(plan.args)
     if chinchilla_params is not None:
         flops, rows = chinchilla_table(num_params=chinchilla_params)

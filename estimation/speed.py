@@ -21,6 +21,10 @@ from torchgpt.model.args import flops_per_token, num_matmul_params
 DEFAULT_MFU: dict[str, float] = {
     "h100": 0.35,
     "h100-pcie": 0.35,
+    "h100-nvl": 0.35,
+    "h200": 0.35,
+    "gh200": 0.35,
+    "b200": 0.30,
     "a100-80g": 0.45,
     "a100-40g": 0.45,
     "l40s": 0.35,
@@ -30,8 +34,11 @@ DEFAULT_MFU: dict[str, float] = {
 }
 
 
-def resolve_gpu(name: str) -> tuple[str, GPUSpec]:
-    """(table key, spec) for a GPU name; ValueError names --gpu and lists the known GPUs."""
+def resolve_gpu(name: str | GPUSpec) -> tuple[str, GPUSpec]:
+    """(table key, spec) for a GPU name, or ("custom", spec) for a GPUSpec given directly;
+    ValueError names --gpu and lists the known GPUs."""
+    if isinstance(name, GPUSpec):
+        return "custom", name
     try:
         spec = get_gpu(name)
     except ValueError:
@@ -98,7 +105,7 @@ class SpeedEstimate:
 
 def estimate_speed(
     plan: TrainingPlan,
-    gpu: str,
+    gpu: str | GPUSpec,
     *,
     mfu: float | None = None,
     usd_per_gpu_hour: float | None = None,
@@ -107,7 +114,7 @@ def estimate_speed(
 
     Args:
         plan: the layout (world_size = number of GPUs).
-        gpu: a key of torchgpt.hardware.GPUS.
+        gpu: a key of torchgpt.hardware.GPUS, or a GPUSpec of another GPU.
         mfu: assumed MFU in (0, 1]; default DEFAULT_MFU[gpu].
         usd_per_gpu_hour: price for the cost line.
 

@@ -3,13 +3,16 @@
 
 usage:
   python tools/memory_estimate.py CONFIG.toml [--section.key value ...] --gpu GPU [--nproc N]
-      [--mfu 0.4] [--usd-per-gpu-hour 2.5] [--no-trace] [--json]
+      [--gpu-memory-gib G --gpu-tflops T] [--mfu 0.4] [--usd-per-gpu-hour 2.5] [--no-trace]
+      [--json]
       [--chinchilla-flops C | --chinchilla-params N]
   python tools/memory_estimate.py --chinchilla-flops 1e19      (Chinchilla table only)
 
 Memory is estimated twice: by formula from the model args, and by tracing one real training
-step (the trainer's build + parallelize code) under FakeTensorMode with a fake process group
-of N ranks, which allocates no real memory. Exit code 2 on a config, layout or GPU error.
+step (the trainer's TrainModule) under FakeTensorMode with a fake process group of N ranks,
+which allocates no real memory. --gpu-memory-gib / --gpu-tflops describe a GPU that is not in
+the table (or change one that is). Exit code 0 when the config fits, 3 when it does not, 2 on a
+config, layout or GPU error.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from estimation.chinchilla import chinchilla_table  # noqa: E402
 from estimation.report import build_estimate, chinchilla_lines, render_text, to_json  # noqa: E402
-from torchgpt.hardware import GPUS  # noqa: E402
+from torchgpt.hardware import GPUS, GPUSpec, get_gpu  # noqa: E402
+
+EXIT_DOES_NOT_FIT = 3
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -52,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", nargs="?", help="training config TOML (e.g. train_configs/...)")
     p.add_argument("--gpu", help=f"GPU type, one of: {', '.join(GPUS)}")
+    p.add_argument("--gpu-memory-gib", type=float, help="memory of another GPU (with --gpu-tflops)")
+    p.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOP/s of another GPU")
     p.add_argument("--nproc", type=int, default=1, help="GPUs (= processes) of the job")
     p.add_argument("--mfu", type=float, help="assumed MFU in (0, 1]; default per GPU type")
     p.add_argument("--usd-per-gpu-hour", type=float, help="price, adds a cost line")
@@ -60,6 +67,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chinchilla-flops", type=float, help="compute budget for the table")
     p.add_argument("--chinchilla-params", type=float, help="parameter count for the table")
     return p
+
+
+def _gpu(args: argparse.Namespace) -> str | GPUSpec:
+    """A table key, or a GPUSpec from --gpu-memory-gib / --gpu-tflops (on top of --gpu)."""
+    custom = (args.gpu_memory_gib, args.gpu_tflops)
+    if custom == (None, None):
+        if args.gpu is None:
+            raise ValueError(
+                f"--gpu is required; known: {', '.join(GPUS)} (or describe another GPU with "
+                "--gpu-memory-gib and --gpu-tflops)"
+            )
+        return args.gpu
+    base = get_gpu(args.gpu) if args.gpu else None
+    memory = (
+        args.gpu_memory_gib
+        if args.gpu_memory_gib is not None
+        else getattr(base, "memory_gib", None)
+    )
+    tflops = args.gpu_tflops if args.gpu_tflops is not None else getattr(base, "bf16_tflops", None)
+    if memory is None or tflops is None:
+        raise ValueError("another GPU needs both --gpu-memory-gib and --gpu-tflops")
+    if memory <= 0 or tflops <= 0:
+        raise ValueError("--gpu-memory-gib and --gpu-tflops must be > 0")
+    name = f"{base.name if base else 'GPU'} ({memory:g} GiB, {tflops:g} bf16 TFLOP/s)"
+    return GPUSpec(name, tflops, memory, "given on the command line")
 
 
 def _chinchilla_only(args: argparse.Namespace) -> int:
@@ -82,8 +114,7 @@ def run(argv: list[str]) -> int:
         if args.chinchilla_flops is None and args.chinchilla_params is None:
             raise ValueError("CONFIG is required (or --chinchilla-flops / --chinchilla-params)")
         return _chinchilla_only(args)
-    if args.gpu is None:
-        raise ValueError(f"--gpu is required; known: {', '.join(GPUS)}")
+    gpu = _gpu(args)
     if args.nproc < 1:
         raise ValueError(f"--nproc: {args.nproc} must be >= 1 (one process per GPU)")
     from estimation.plan import TrainingPlan
@@ -93,7 +124,7 @@ def run(argv: list[str]) -> int:
     plan = TrainingPlan.from_config(cfg, args.nproc)
     est = build_estimate(
         plan,
-        args.gpu,
+        gpu,
         source=" ".join([args.config, *overrides]),
         trace=not args.no_trace,
         mfu=args.mfu,
@@ -102,7 +133,7 @@ def run(argv: list[str]) -> int:
         chinchilla_params=args.chinchilla_params,
     )
     print(json.dumps(to_json(est), indent=2) if args.json else render_text(est))
-    return 0
+    return 0 if est.verdict.fits else EXIT_DOES_NOT_FIT
 
 
 def main(argv: list[str] | None = None) -> int:

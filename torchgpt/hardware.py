@@ -6,7 +6,11 @@ Figures are the vendors' dense (no sparsity) bf16 tensor-core peaks with fp32 ac
 from __future__ import annotations
 
 import ctypes
+import logging
+import re
 from dataclasses import dataclass
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,10 @@ class GPUSpec:
 GPUS: dict[str, GPUSpec] = {
     "h100": GPUSpec("NVIDIA H100 SXM5 80GB", 989.4, 80, "H100 datasheet, dense BF16"),
     "h100-pcie": GPUSpec("NVIDIA H100 PCIe 80GB", 756.0, 80, "H100 datasheet, dense BF16"),
+    "h100-nvl": GPUSpec("NVIDIA H100 NVL 94GB", 835.5, 94, "H100 datasheet, dense BF16"),
+    "h200": GPUSpec("NVIDIA H200 SXM 141GB", 989.4, 141, "H200 datasheet, dense BF16"),
+    "gh200": GPUSpec("NVIDIA GH200 96GB", 989.4, 96, "GH200 datasheet, dense BF16 (HBM3)"),
+    "b200": GPUSpec("NVIDIA B200 180GB", 2250.0, 180, "DGX B200 datasheet, dense BF16"),
     "a100-80g": GPUSpec("NVIDIA A100 SXM4 80GB", 312.0, 80, "A100 datasheet, dense BF16"),
     "a100-40g": GPUSpec("NVIDIA A100 SXM4 40GB", 312.0, 40, "A100 datasheet, dense BF16"),
     "l40s": GPUSpec("NVIDIA L40S 48GB", 362.05, 48, "L40S datasheet, dense BF16"),
@@ -27,6 +35,25 @@ GPUS: dict[str, GPUSpec] = {
     "rtx4090": GPUSpec("NVIDIA GeForce RTX 4090 24GB", 165.2, 24, "Ada whitepaper, BF16 fp32-acc"),
     "rtx3090": GPUSpec("NVIDIA GeForce RTX 3090 24GB", 71.0, 24, "Ampere GA102 whitepaper, BF16"),
 }
+
+# torch.cuda.get_device_name() -> table key, first match wins: the full names tell the H100
+# variants apart (SXM "NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL"), and
+# GH200 must be tried before H200, which must be tried before H100.
+_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
+    (r"\bgh200\b", "gh200"),
+    (r"\bh200\b", "h200"),
+    (r"\bh100\b.*\bnvl\b", "h100-nvl"),
+    (r"\bh100\b.*\bpcie\b", "h100-pcie"),
+    (r"\bh100\b", "h100"),
+    (r"\bb200\b", "b200"),
+    (r"\ba100\b.*\b40\s*gb\b", "a100-40g"),
+    (r"\ba100\b", "a100-80g"),
+    (r"\bl40s\b", "l40s"),
+    (r"\ba10g\b", "a10g"),
+    (r"\brtx 4090\b", "rtx4090"),
+    (r"\brtx 3090\b", "rtx3090"),
+)
+_warned: set[str] = set()
 
 
 def get_gpu(name: str) -> GPUSpec:
@@ -36,24 +63,36 @@ def get_gpu(name: str) -> GPUSpec:
     return GPUS[key]
 
 
+def match_gpu(device_name: str) -> str | None:
+    """The table key of a CUDA device name (e.g. "NVIDIA H100 PCIe" -> "h100-pcie"), or None."""
+    name = device_name.lower().replace("-", " ")
+    for pattern, key in _NAME_PATTERNS:
+        if re.search(pattern, name):
+            return key
+    return None
+
+
 def detect_peak_tflops(device_type: str) -> float | None:
-    """Peak bf16 TFLOP/s of the local CUDA device when its name is in the table, else None."""
+    """Peak bf16 TFLOP/s of the local CUDA device from the table, else None (MFU not logged).
+
+    An unknown GPU is named in a warning once; metrics.peak_tflops sets the peak by hand.
+    """
     if device_type != "cuda":
         return None
     import torch
 
-    name = torch.cuda.get_device_name().lower()
-    for key, spec in [
-        ("h100", GPUS["h100"]),
-        ("a100", GPUS["a100-80g"]),
-        ("4090", GPUS["rtx4090"]),
-        ("l40s", GPUS["l40s"]),
-        ("a10g", GPUS["a10g"]),
-        ("3090", GPUS["rtx3090"]),
-    ]:
-        if key in name:
-            return spec.bf16_tflops
-    return None
+    name = torch.cuda.get_device_name()
+    key = match_gpu(name)
+    if key is None:
+        if name not in _warned:
+            _warned.add(name)
+            logger.warning(
+                "GPU %r is not in torchgpt.hardware.GPUS: no MFU is reported; set "
+                "metrics.peak_tflops to its dense bf16 TFLOP/s",
+                name,
+            )
+        return None
+    return GPUS[key].bf16_tflops
 
 
 def tune_host_malloc() -> bool:

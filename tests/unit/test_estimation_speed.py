@@ -72,8 +72,8 @@ def test_recompute_flops_of_gpt2_small() -> None:
 
 def test_speed_input_errors_name_the_option() -> None:
     plan = recipe_plan()
-    with pytest.raises(ValueError, match=r"--gpu: unknown GPU 'h200'; known: h100, .*rtx4090"):
-        estimate_speed(plan, "h200")
+    with pytest.raises(ValueError, match=r"--gpu: unknown GPU 'h300'; known: h100, .*rtx4090"):
+        estimate_speed(plan, "h300")
     with pytest.raises(ValueError, match="--mfu"):
         estimate_speed(plan, "h100", mfu=1.5)
     with pytest.raises(ValueError, match="--usd-per-gpu-hour"):

@@ -75,7 +75,7 @@ def test_does_not_fit_and_every_suggestion_fits(capsys: pytest.CaptureFixture) -
     argv = [RECIPE, *overrides, "--gpu", "a100-40g", "--nproc", "2", "--no-trace", "--json"]
     code, out, _ = run_tool(argv, capsys)
     data = json.loads(out)
-    assert code == 0 and data["verdict"]["fits"] is False
+    assert code == 3 and data["verdict"]["fits"] is False  # exit 3: does not fit
     suggestions = data["verdict"]["suggestions"]
     assert suggestions, "a 1.5B model on 2 x 40 GB needs AC or a smaller micro-batch"
     budget = usable_bytes(get_gpu("a100-40g"))
@@ -95,7 +95,8 @@ def test_does_not_fit_and_every_suggestion_fits(capsys: pytest.CaptureFixture) -
 @pytest.mark.parametrize(
     "argv,message",
     [
-        ([RECIPE, "--gpu", "h200"], "unknown GPU 'h200'; known: h100, h100-pcie, a100-80g"),
+        ([RECIPE, "--gpu", "h300"], "unknown GPU 'h300'; known: h100, h100-pcie, h100-nvl, h200"),
+        ([RECIPE, "--gpu-memory-gib", "40"], "needs both --gpu-memory-gib and --gpu-tflops"),
         ([RECIPE], "--gpu is required; known: h100"),
         ([RECIPE, "--gpu", "h100", "--nproc", "3"], "is not divisible by micro_batch_size"),
         (
@@ -118,3 +119,55 @@ def test_chinchilla_only(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = run_tool(["--chinchilla-flops", "1e19"], capsys)
     assert code == 0
     assert "loss vs size at C = 1e+19 FLOPs" in out and "20 tokens/param optimum" in out
+
+
+@pytest.mark.parametrize(
+    "device_name,key",
+    [
+        ("NVIDIA H100 80GB HBM3", "h100"),
+        ("NVIDIA H100 PCIe", "h100-pcie"),
+        ("NVIDIA H100 NVL", "h100-nvl"),
+        ("NVIDIA H200", "h200"),
+        ("NVIDIA GH200 480GB", "gh200"),
+        ("NVIDIA B200", "b200"),
+        ("NVIDIA A100-SXM4-80GB", "a100-80g"),
+        ("NVIDIA A100-SXM4-40GB", "a100-40g"),
+        ("NVIDIA A100 80GB PCIe", "a100-80g"),
+        ("NVIDIA L40S", "l40s"),
+        ("NVIDIA A10G", "a10g"),
+        ("NVIDIA GeForce RTX 4090", "rtx4090"),
+        ("NVIDIA GeForce RTX 3090", "rtx3090"),
+        ("NVIDIA RTX A6000", None),
+        ("Tesla V100-SXM2-16GB", None),
+    ],
+)
+def test_gpu_table_matches_full_device_names(device_name: str, key: str | None) -> None:
+    from torchgpt.hardware import match_gpu
+
+    assert match_gpu(device_name) == key
+
+
+def test_an_unknown_gpu_warns_once_and_reports_no_mfu(monkeypatch, caplog) -> None:
+    import torch
+
+    from torchgpt import hardware
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA RTX A6000")
+    monkeypatch.setattr(hardware, "_warned", set())
+    with caplog.at_level("WARNING"):
+        assert hardware.detect_peak_tflops("cuda") is None
+        assert hardware.detect_peak_tflops("cuda") is None
+    assert caplog.text.count("'NVIDIA RTX A6000' is not in torchgpt.hardware.GPUS") == 1
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 PCIe")
+    assert hardware.detect_peak_tflops("cuda") == 756.0
+
+
+def test_any_other_gpu_by_memory_and_tflops(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = run_tool([RECIPE, "--gpu", "h200", "--no-trace", "--json"], capsys)
+    data = json.loads(out)
+    assert code == 0 and data["gpu"] == "h200" and data["verdict"]["fits"] is True
+    argv = [RECIPE, "--gpu-memory-gib", "8", "--gpu-tflops", "100", "--no-trace", "--json"]
+    code, out, _ = run_tool(argv, capsys)
+    data = json.loads(out)
+    assert code == 3 and data["verdict"]["fits"] is False
+    assert data["speed"]["spec"]["bf16_tflops"] == 100 and data["speed"]["spec"]["memory_gib"] == 8
