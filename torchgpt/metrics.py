@@ -20,12 +20,20 @@ import torch
 logger = logging.getLogger(__name__)
 
 
-def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, peak RSS on CPU."""
+def peak_memory(device: torch.device) -> dict[str, float]:
+    """Peak memory of this process, for a step record.
+
+    CUDA: the caching allocator's peaks, allocated (tensors) and reserved (what the process
+    holds from the driver: allocated + cached blocks + fragmentation, the figure an OOM is
+    about). CPU: peak RSS as "peak_memory_gib".
+    """
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
+        return {
+            "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
+            "peak_memory_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
+        }
     # ru_maxrss is KiB on Linux.
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 class StepTimer:
@@ -83,7 +91,7 @@ def step_record(
     world_size: int,
     flops_per_token: float,
     peak_tflops: float | None,
-    peak_memory_gib: float,
+    memory: dict[str, float],
 ) -> dict[str, Any]:
     """The metrics.jsonl record of a log step: `tokens` trained over `steps` steps in `seconds`.
 
@@ -104,7 +112,7 @@ def step_record(
         "tflops_per_device": tps_dev * flops_per_token / 1e12,
         "step_time_s": seconds / steps,
         "data_share": phases.get("data", 0.0) / seconds,
-        "peak_memory_gib": peak_memory_gib,
+        **memory,
     }
     for k, v in phases.items():
         record[f"time_{k}_s"] = v / steps
@@ -116,11 +124,13 @@ def step_record(
 def console_line(record: dict[str, Any], total_steps: int) -> str:
     """The terminal line of a step record: progress, loss, rate, MFU, memory, ETA."""
     mfu = f"  mfu {100 * record['mfu']:.1f}%" if "mfu" in record else ""
+    reserved = record.get("peak_memory_reserved_gib")
+    held = f" ({reserved:.2f} reserved)" if reserved is not None else ""
     remaining = (total_steps - record["step"]) * record["step_time_s"]
     return (
         f"step {record['step']:>6}/{total_steps}  loss {record['loss']:.4f}  "
         f"gnorm {record['grad_norm']:.3f}  lr {record['lr']:.2e}  "
-        f"tok/s {record['tokens_per_s']:,.0f}{mfu}  mem {record['peak_memory_gib']:.2f}GiB  "
+        f"tok/s {record['tokens_per_s']:,.0f}{mfu}  mem {record['peak_memory_gib']:.2f}GiB{held}  "
         f"data {100 * record['data_share']:.0f}%  eta {remaining / 60:.1f}min"
     )
 

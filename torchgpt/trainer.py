@@ -22,7 +22,7 @@ from torchgpt.checkpoint.states import TrainState
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.data.loader import TrainLoader, build_val_batches
 from torchgpt.hardware import detect_peak_tflops
-from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory_gib, step_record
+from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory, step_record
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.preemption import PreemptionHandler
@@ -258,7 +258,7 @@ class Trainer:
             world_size=self.world_size,
             flops_per_token=self.flops_per_token,
             peak_tflops=self.peak_tflops,
-            peak_memory_gib=peak_memory_gib(self.device),
+            memory=peak_memory(self.device),
         )
         self.metrics.log(record, console=console_line(record, self.cfg.training.steps))
 
