@@ -7,7 +7,6 @@ before torchrun starts a single worker, and nothing is written to the run folder
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -51,7 +50,7 @@ def verify_shard_checksums(data_dir: str, split: str) -> list[str]:
     """
     import time
 
-    from torchgpt.data.shards import read_manifest, split_shards
+    from torchgpt.data.shards import file_sha256, read_manifest, split_shards
     from torchgpt.progress import Progress
 
     entries = split_shards(read_manifest(data_dir), split)
@@ -61,12 +60,7 @@ def verify_shard_checksums(data_dir: str, split: str) -> list[str]:
     progress = Progress(total >> 20, f"verifying {split} shard checksums (MiB)", disable=not big)
     start, problems = time.perf_counter(), []
     for path, entry in zip(paths, entries, strict=True):
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            while chunk := f.read(1 << 24):
-                digest.update(chunk)
-                progress.update(len(chunk) >> 20)
-        if digest.hexdigest() != entry["sha256"]:
+        if file_sha256(path, on_chunk=lambda n: progress.update(n >> 20)) != entry["sha256"]:
             problems.append(
                 f"data.dataset_path: shard {path} does not match its sha256 in manifest.json "
                 f"(corrupt or changed since it was written); run tools/prepare_data.py --verify "

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -112,12 +113,14 @@ def open_tokens(path: str | os.PathLike) -> np.ndarray:
     )
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in chunks."""
+def file_sha256(path: str | os.PathLike, on_chunk: Callable[[int], None] | None = None) -> str:
+    """Hex sha256 of a file, read in chunks; `on_chunk(nbytes)` after each (for progress)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
     return digest.hexdigest()
 
 
