@@ -24,12 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from estimation.autosize import apply, resolve  # noqa: E402
 from estimation.memory import analytic_memory  # noqa: E402
 from estimation.plan import TrainingPlan  # noqa: E402
 from estimation.realstep import measure_real_peak  # noqa: E402
 from estimation.report import build_estimate  # noqa: E402
 from estimation.trace import trace_memory  # noqa: E402
 from torchgpt.config_manager import load_config  # noqa: E402
+from torchgpt.hardware import get_gpu  # noqa: E402
 
 MIB, GIB = 2**20, 2**30
 DEBUG = ("debug", "train_configs/debug_model.toml", [])
@@ -103,18 +105,23 @@ def gpu_table() -> None:
         "--gpu GPU --nproc N\n"
     )
     print(
-        "| GPUs | layout | micro-steps/step | per-GPU peak (traced) | analytic | usable | "
-        "verdict | MFU assumed (effective) | tokens/s | time-to-train (1B tokens) | GPU-hours |"
+        "| GPUs | layout | auto: micro-batch, AC | micro-steps/step | per-GPU peak (traced) | "
+        "analytic | usable | verdict | MFU assumed (effective) | tokens/s | "
+        "time-to-train (1B tokens) | GPU-hours |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for gpu, nproc in GPU_LAYOUTS:
-        plan = _plan("train_configs/mini_gpt_100m.toml", [], nproc, "selective")
+        # The recipe's "auto" sizing, resolved for this GPU as the trainer does at start.
+        cfg = load_config(ROOT / "train_configs/mini_gpt_100m.toml", [], world_size=nproc)
+        apply(cfg, resolve(cfg, nproc, get_gpu(gpu).memory_gib))
+        plan = TrainingPlan.from_config(cfg, nproc)
         est = build_estimate(plan, gpu)
         s, v = est.speed, est.verdict
         traced = est.traced.peak_bytes if est.traced else v.peak_bytes
         hours = s.train_seconds / 3600
         print(
-            f"| {nproc}x {gpu} | {plan.layout_text()} | {plan.grad_accum} | "
+            f"| {nproc}x {gpu} | {plan.layout_text()} | {plan.micro_batch_size}, "
+            f"{plan.ac_text()} | {plan.grad_accum} | "
             f"{traced / GIB:.2f} GiB | {est.analytic.peak_bytes / GIB:.2f} GiB | "
             f"{v.usable_bytes / GIB:.1f} GiB | {'fits' if v.fits else 'does not fit'} | "
             f"{s.mfu_assumed:.0%} ({s.mfu_effective:.1%}) | {s.tokens_per_s:,.0f} | "

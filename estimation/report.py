@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from estimation.autosize import AutoSizing
 from estimation.chinchilla import ChinchillaRow, chinchilla_table, optimal_tokens
 from estimation.memory import MemoryEstimate, analytic_memory
 from estimation.plan import TrainingPlan
@@ -38,6 +39,7 @@ class Estimate:
     speed: SpeedEstimate
     chinchilla_flops: float
     chinchilla_rows: list[ChinchillaRow]
+    auto_sizing: AutoSizing | None = None
 
 
 def build_estimate(
@@ -50,6 +52,7 @@ def build_estimate(
     usd_per_gpu_hour: float | None = None,
     chinchilla_flops: float | None = None,
     chinchilla_params: float | None = None,
+    auto_sizing: AutoSizing | None = None,
 ) -> Estimate:
     """Run every estimate for `plan` on plan.world_size GPUs of type `gpu`.
 
@@ -62,6 +65,7 @@ def build_estimate(
         usd_per_gpu_hour: adds a cost line.
         chinchilla_flops: compute budget for the Chinchilla table; default this run's 6ND.
         chinchilla_params: parameter count for the Chinchilla table instead.
+        auto_sizing: what "auto" keys of the config became (already applied to `plan`).
 
     Raises:
         ValueError: unknown GPU, bad MFU / price / Chinchilla inputs.
@@ -92,7 +96,19 @@ def build_estimate(
     peak = traced.peak_bytes if traced is not None else analytic.peak_bytes
     verdict = decide(plan, spec, peak, basis)
     return Estimate(
-        source, plan, key, spec, analytic, traced, seconds, skipped, verdict, speed, flops, rows
+        source,
+        plan,
+        key,
+        spec,
+        analytic,
+        traced,
+        seconds,
+        skipped,
+        verdict,
+        speed,
+        flops,
+        rows,
+        auto_sizing,
     )
 
 
@@ -122,7 +138,7 @@ def _header(est: Estimate) -> list[str]:
         f"options    precision {p.precision_mode}, activation checkpointing {p.ac_text()}, "
         f"torch.compile {'on' if p.compile_enable else 'off'} in the config "
         "(off in the traced step)",
-    ]
+    ] + ([f"auto       {est.auto_sizing.text()}"] if est.auto_sizing else [])
 
 
 def _memory_lines(est: Estimate) -> list[str]:
@@ -279,6 +295,7 @@ def to_json(est: Estimate) -> dict[str, Any]:
                 {"changes": list(x.changes), "peak_bytes": x.peak_bytes} for x in v.suggestions
             ],
         },
+        "auto_sizing": est.auto_sizing.to_json() if est.auto_sizing else None,
         "speed": speed,
         "chinchilla": {
             "compute_flops": est.chinchilla_flops,

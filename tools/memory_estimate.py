@@ -10,9 +10,10 @@ usage:
 
 Memory is estimated twice: by formula from the model args, and by tracing one real training
 step (the trainer's TrainModule) under FakeTensorMode with a fake process group of N ranks,
-which allocates no real memory. --gpu-memory-gib / --gpu-tflops describe a GPU that is not in
-the table (or change one that is). Exit code 0 when the config fits, 3 when it does not, 2 on a
-config, layout or GPU error.
+which allocates no real memory. "auto" micro-batch / activation checkpointing is resolved as the
+trainer resolves it at start (estimation/autosize.py) and printed. --gpu-memory-gib /
+--gpu-tflops describe a GPU that is not in the table (or change one that is). Exit code 0 when
+the config fits, 3 when it does not, 2 on a config, layout or GPU error.
 """
 
 from __future__ import annotations
@@ -121,6 +122,18 @@ def run(argv: list[str]) -> int:
     from torchgpt.config_manager import load_config
 
     cfg = load_config(args.config, overrides, world_size=args.nproc)
+    sizing = None
+    if cfg.sizing_is_auto:  # as the trainer resolves it at start, for this GPU's memory
+        from estimation.autosize import apply, resolve
+        from estimation.speed import resolve_gpu
+
+        memory = cfg.training.device_memory_gib or resolve_gpu(gpu)[1].memory_gib
+        try:
+            sizing = resolve(cfg, args.nproc, memory)
+        except ValueError as e:
+            print(f"DOES NOT FIT: {e}", file=sys.stderr)
+            return EXIT_DOES_NOT_FIT
+        apply(cfg, sizing)
     plan = TrainingPlan.from_config(cfg, args.nproc)
     est = build_estimate(
         plan,
@@ -131,6 +144,7 @@ def run(argv: list[str]) -> int:
         usd_per_gpu_hour=args.usd_per_gpu_hour,
         chinchilla_flops=args.chinchilla_flops,
         chinchilla_params=args.chinchilla_params,
+        auto_sizing=sizing,
     )
     print(json.dumps(to_json(est), indent=2) if args.json else render_text(est))
     return 0 if est.verdict.fits else EXIT_DOES_NOT_FIT

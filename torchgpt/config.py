@@ -89,8 +89,9 @@ class Training:
     global_batch_tokens: int = 524_288
     """Tokens per optimizer step over all ranks (GPT-3 small used 0.5M); sets gradient
     accumulation."""
-    micro_batch_size: int = 8
-    """Sequences per rank per forward/backward."""
+    micro_batch_size: int | Literal["auto"] = 8
+    """Sequences per rank per forward/backward; "auto": the largest that fits the device (see
+    activation_checkpoint.mode), chosen at start by the memory estimator."""
     seq_len: int = 1024
     """Tokens per sequence (<= the flavor's max_seq_len)."""
     max_norm: float = 1.0
@@ -100,6 +101,12 @@ class Training:
     autocast on one device."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """What a NaN/Inf loss does: stop with an error naming the step, or skip that optimizer step."""
+    device_memory_gib: float = 0.0
+    """Memory of one device that the "auto" choices size for; 0 = detect (a GPU's total memory,
+    the smallest over all ranks; on CPU the host's available memory shared by its ranks)."""
+    allow_tf32: bool = True
+    """On CUDA, run fp32 matmuls and convolutions on TF32 tensor cores (fp32 runs and the fp32
+    parts of bf16 runs); false for exact-fp32 comparisons. No effect on CPU."""
 
 
 @dataclass
@@ -149,8 +156,10 @@ class Parallelism:
 
 @dataclass
 class ActivationCheckpoint:
-    mode: Literal["none", "full", "selective"] = "selective"
-    """none: keep all activations; full: recompute every block; selective: see selective_option."""
+    mode: Literal["none", "full", "selective", "auto"] = "selective"
+    """none: keep all activations; full: recompute every block; selective: see selective_option;
+    auto: the lightest of none / selective / full that fits the device with a micro-batch of at
+    least 8,192 tokens (estimated at start; see training.micro_batch_size)."""
     selective_option: str = "op"
     """'op': save matmul/attention outputs, recompute pointwise ops; an integer N: checkpoint
     every Nth block."""
@@ -251,6 +260,11 @@ class JobConfig:
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
+
+    @property
+    def sizing_is_auto(self) -> bool:
+        """Micro-batch or activation checkpointing is still "auto" (resolved at start)."""
+        return self.training.micro_batch_size == "auto" or self.activation_checkpoint.mode == "auto"
 
     def grad_accum_steps(self, dp_degree: int) -> int:
         """Micro-steps per optimizer step so that one step sees global_batch_tokens tokens."""

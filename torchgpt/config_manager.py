@@ -12,6 +12,7 @@ import difflib
 import inspect
 import json
 import sys
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ else:  # pragma: no cover - exercised only on 3.10
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
+_UNIONS = (types.UnionType, typing.Union)
 
 
 def _sections() -> dict[str, type]:
@@ -54,6 +56,8 @@ def field_docs(section_cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in _UNIONS:
+        return "|".join(_type_name(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is Literal:
         return "|".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
@@ -64,6 +68,20 @@ def _type_name(tp: Any) -> str:
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Convert a TOML or CLI value to the field's type; raise ValueError with the key on failure."""
     origin = typing.get_origin(tp)
+    if origin in _UNIONS:  # e.g. int | Literal["auto"]: a named choice, else the type
+        members = typing.get_args(tp)
+        for member in members:
+            if typing.get_origin(member) is Literal and value in typing.get_args(member):
+                return value
+        plain = [m for m in members if typing.get_origin(m) is not Literal]
+        named = [repr(c) for m in members if typing.get_origin(m) is Literal for c in m.__args__]
+        try:
+            return _coerce(value, plain[0], key)
+        except ValueError:
+            kind = {int: "an integer", float: "a number"}.get(plain[0], plain[0].__name__)
+            raise ValueError(
+                f"{key}: expected {kind} or {' / '.join(named)}, got {value!r}"
+            ) from None
     if origin is Literal:
         choices = typing.get_args(tp)
         if value not in choices:
@@ -217,13 +235,17 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
         ("metrics.log_freq", cfg.metrics.log_freq),
         ("eval.interval", cfg.eval.interval),
     ]:
-        if value <= 0:
+        if value != "auto" and value <= 0:
             p.append(f"{key}: must be > 0, got {value}")
     if not o.lr > 0:
         p.append(f"optimizer.lr: must be > 0, got {o.lr}")
     for key, value in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)]:
         if not 0.0 <= value < 1.0:
             p.append(f"{key}: must be in [0, 1), got {value}")
+    if t.device_memory_gib < 0:
+        p.append(
+            f"training.device_memory_gib: must be >= 0 (0 = detect), got {t.device_memory_gib}"
+        )
     if o.weight_decay < 0 or o.eps <= 0:
         p.append("optimizer.weight_decay must be >= 0 and optimizer.eps > 0")
     if not 0.0 <= s.min_lr_ratio <= 1.0:
@@ -260,7 +282,9 @@ def _validate_layout(cfg: JobConfig, world_size: int) -> list[str]:
         dims = ParallelDims.from_config(par, world_size)
     except ValueError as e:
         return [str(e)]
-    problem = batch_problem(t.global_batch_tokens, t.micro_batch_size, t.seq_len, dims.dp_degree)
+    # "auto" is chosen at start among the micro-batches that divide the batch; 1 always must.
+    micro = 1 if t.micro_batch_size == "auto" else t.micro_batch_size
+    problem = batch_problem(t.global_batch_tokens, micro, t.seq_len, dims.dp_degree)
     return [problem] if problem else []
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import re
 from dataclasses import dataclass
 
@@ -110,3 +111,44 @@ def tune_host_malloc() -> bool:
     except (OSError, AttributeError):
         return False
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def configure_device(device_type: str, *, allow_tf32: bool) -> list[str]:
+    """Per-process settings for the training device; returns what was set (logged).
+
+    CUDA: TF32 for fp32 matmuls and convolutions (torch's fp32_precision API; the legacy
+    allow_tf32 flags must not be mixed with it), nothing host-side. CPU: glibc's heap tuned
+    for reuse (tune_host_malloc), which would only cost memory next to a GPU.
+    """
+    import torch
+
+    if device_type == "cuda":
+        precision = "tf32" if allow_tf32 else "ieee"
+        torch.backends.cuda.matmul.fp32_precision = precision
+        torch.backends.cudnn.conv.fp32_precision = precision
+        return [f"fp32 matmul/conv precision {precision}"]
+    return ["host malloc tuned for reuse"] if tune_host_malloc() else []
+
+
+def device_memory_gib(device_type: str, device_index: int = 0) -> float:
+    """Memory one rank may size for: a GPU's total memory, or on CPU the host's available
+    memory shared by the ranks of this node (LOCAL_WORLD_SIZE)."""
+    if device_type == "cuda":
+        import torch
+
+        return torch.cuda.get_device_properties(device_index).total_memory / 2**30
+    available = _meminfo_bytes("MemAvailable") or os.sysconf("SC_PAGE_SIZE") * os.sysconf(
+        "SC_AVPHYS_PAGES"
+    )
+    return available / 2**30 / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+
+
+def _meminfo_bytes(field: str) -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

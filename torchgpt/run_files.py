@@ -12,6 +12,7 @@ import logging.handlers
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 from torchgpt.checkpoint.layout import write_json_atomic
 from torchgpt.config import JobConfig
@@ -42,7 +43,7 @@ class RunFiles:
             )
             _PACKAGE_LOGGER.addHandler(self._buffer)
 
-    def accept(self, cfg: JobConfig, **launch: str | int) -> None:
+    def accept(self, cfg: JobConfig, **launch: Any) -> None:
         """The launch is accepted: write config.json, open train.log with the buffered records,
         and add this launch (command, machine, versions, `launch` facts) to run_info.json."""
         if self.rank != 0:

@@ -21,13 +21,15 @@ from torchgpt.checkpoint.export import export_model
 from torchgpt.checkpoint.states import TrainState
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.data.loader import TrainLoader, build_val_batches
-from torchgpt.hardware import detect_peak_tflops
+from torchgpt.hardware import configure_device, detect_peak_tflops
 from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory, step_record
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.preemption import PreemptionHandler
 from torchgpt.preflight import resume_changes
 from torchgpt.run_files import RunFiles
+from torchgpt.sizing import resolve_auto_sizing
+from torchgpt.train_eval import InTrainingEval
 from torchgpt.train_module import TrainModule, build_train_module, perplexity
 
 logger = logging.getLogger("torchgpt")
@@ -52,6 +54,14 @@ class Trainer:
         self._build_train_module()
         self._build_data()
         self._build_checkpointer()
+        self.harness_eval = InTrainingEval(
+            cfg.eval,
+            model_args=self.model_args,
+            device=self.device,
+            bf16=self.bf16,
+            rank=self.rank,
+            run_dir=self.run_dir,
+        )
         self.metrics: MetricsLogger | None = None  # opened by _open_run_files
         self.peak_tflops = cfg.metrics.peak_tflops or detect_peak_tflops(self.device.type)
         self.timer = StepTimer(self.device)
@@ -69,6 +79,8 @@ class Trainer:
         self.device = torch.device(dtype, local_rank) if dtype == "cuda" else torch.device("cpu")
         if dtype == "cuda":
             torch.cuda.set_device(self.device)
+        self.device_settings = configure_device(dtype, allow_tf32=cfg.training.allow_tf32)
+        self.auto_sizing = resolve_auto_sizing(cfg, self.device, self.world_size)
         self.dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
         self.mesh = self.dims.mesh
         self.dp_rank, self.dp_degree = self.dims.dp_rank, self.dims.dp_degree
@@ -85,6 +97,10 @@ class Trainer:
             self.world_size,
             self.dims,
         )
+        if self.device_settings:
+            logger.info("device settings: %s", ", ".join(self.device_settings))
+        if self.auto_sizing is not None:
+            logger.info("%s", self.auto_sizing.text())
 
     def _build_train_module(self) -> None:
         cfg, t, o, s = self.cfg, self.cfg.training, self.cfg.optimizer, self.cfg.lr_scheduler
@@ -182,6 +198,7 @@ class Trainer:
             device=str(self.device),
             parallelism=str(self.dims),
             allowed_changes=allowed,
+            auto_sizing=self.auto_sizing.to_json() if self.auto_sizing else None,
         )
         m = self.cfg.metrics
         self.metrics = MetricsLogger(
@@ -280,42 +297,20 @@ class Trainer:
         return val_loss
 
     def _maybe_harness_eval(self, step: int, last_step: int) -> None:
-        """Harness tasks on a fixed `eval.limit` subset, scored on rank 0 with a plain GPT.
-
-        The full weights are gathered (a collective every rank joins), rank 0 rebuilds an
-        unwrapped, uncompiled model from them and scores it; the other ranks wait at a barrier.
-        """
-        e = self.cfg.eval
-        if not e.enable or not (step % e.interval == 0 or step == last_step):
+        """Harness tasks on a fixed `eval.limit` subset (torchgpt/train_eval.py)."""
+        if not self.harness_eval.due(step, last_step):
             return
         self.phase = f"the in-training harness eval of step {step} (others wait at a barrier)"
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        from torchgpt.checkpoint.loading import build_model
-        from torchgpt.eval import run_harness_eval
-
-        sd = get_model_state_dict(
-            self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        scored = self.harness_eval.run(self.model)
+        if scored is None:
+            return
+        scores, seconds = scored
+        self.metrics.log(
+            {"step": step, "tokens_seen": self.train_state.tokens_seen, **scores},
+            console=f"step {step:>6}  harness (limit {self.cfg.eval.limit}, "
+            f"{self.harness_eval.where()}, {seconds:.0f}s): "
+            + "  ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()),
         )
-        if self.rank == 0:
-            model = build_model(asdict(self.model_args), sd, source=self.run_dir)
-            t0 = time.perf_counter()
-            result = run_harness_eval(
-                model, tasks=e.tasks, limit=e.limit, data_dir=e.data_dir or None
-            )
-            record = {"step": step, "tokens_seen": self.train_state.tokens_seen}
-            for task, scores in result["tasks"].items():
-                for metric in ("acc", "acc_norm"):
-                    if scores.get(metric) is not None:
-                        record[f"eval/{task}/{metric}"] = scores[metric]
-            self.metrics.log(
-                record,
-                console=f"step {step:>6}  harness (limit {e.limit}, "
-                f"{time.perf_counter() - t0:.0f}s): "
-                + "  ".join(f"{k[5:]} {v:.3f}" for k, v in record.items() if k.startswith("eval/")),
-            )
-        if dist.is_initialized():
-            dist.barrier()
 
     def train(self) -> Path | None:
         """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""

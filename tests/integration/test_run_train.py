@@ -91,9 +91,10 @@ def test_debug_config_two_processes(token_shards, tmp_path):
 
 
 def test_mini_gpt_100m_recipe_two_real_steps(token_shards, tmp_path):
-    """The production config (gpt2-124m, bf16, compile, selective AC, FSDP2) for 2 steps.
+    """The production config (gpt2-124m, bf16, compile, auto AC, FSDP2) for 3 steps.
 
-    Only batch geometry and warmup are cut (a 1-step warmup so the lr is not ~0 in 2 steps).
+    Only batch geometry and warmup are cut (a 1-step warmup so the lr is not ~0 in 3 steps);
+    activation checkpointing stays "auto", sized for this host's memory per rank.
     """
     _run(
         [
@@ -126,3 +127,58 @@ def test_mini_gpt_100m_recipe_two_real_steps(token_shards, tmp_path):
     )
     losses = [r["loss"] for r in _records(tmp_path / "mini_gpt_100m") if "loss" in r]
     assert len(losses) == 3 and losses[2] < losses[0]
+    run_dir = tmp_path / "mini_gpt_100m"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["activation_checkpoint"]["mode"] in ("none", "selective", "full")
+    assert config["training"]["micro_batch_size"] == 1
+    assert (
+        "auto sizing (activation_checkpoint.mode): micro_batch_size 1"
+        in (run_dir / "train.log").read_text()
+    )
+
+
+def test_in_training_harness_eval_on_two_processes(token_shards, shared_dir, tmp_path):
+    """eval.enable at 2 processes (bf16): rank 0 scores the step's weights on the training
+    device in the training dtype while rank 1 waits; the scores are those of the same weights
+    scored afterwards by the harness in bf16."""
+    from torchgpt.eval import run_harness_eval
+    from torchgpt.eval.loading import load_model
+
+    eval_dir = str(shared_dir / "data" / "eval")
+    _run(
+        [
+            "train_configs/debug_model.toml",
+            "--data.dataset_path",
+            str(token_shards),
+            "--job.dump_folder",
+            str(tmp_path),
+            "--training.steps",
+            "4",
+            "--training.mixed_precision",
+            "bf16",
+            "--validation.enable",
+            "false",
+            "--eval.enable",
+            "true",
+            "--eval.interval",
+            "4",
+            "--eval.tasks",
+            "piqa,arc_easy",
+            "--eval.limit",
+            "12",
+            "--eval.data_dir",
+            eval_dir,
+        ],
+        {"NGPU": "2"},
+    )
+    run_dir = tmp_path / "debug"
+    (record,) = [r for r in _records(run_dir) if "eval/piqa/acc" in r]
+    assert record["step"] == 4
+    assert "harness (limit 12, cpu in bfloat16" in (run_dir / "train.log").read_text()
+    model, _ = load_model(run_dir / "model.pt")
+    again = run_harness_eval(
+        model, tasks=["piqa", "arc_easy"], limit=12, data_dir=eval_dir, dtype="bfloat16"
+    )
+    for task in ("piqa", "arc_easy"):
+        for metric in ("acc", "acc_norm"):
+            assert record[f"eval/{task}/{metric}"] == again["tasks"][task][metric], (task, metric)

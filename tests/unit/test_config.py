@@ -48,7 +48,7 @@ def test_every_problem_reported_once(tmp_path):
         load_config(path, ["--training.seq_len", "abc", "--nope.key", "1"])
     msg = str(err.value)
     assert "unknown key 'training.stpes' (did you mean 'training.steps'?)" in msg
-    assert "training.micro_batch_size: expected an integer, got 'eight'" in msg
+    assert "training.micro_batch_size: expected an integer or 'auto', got 'eight'" in msg
     assert "optimizer.lr: must be > 0, got -1.0" in msg
     assert "activation_checkpoint.mode: 'partial' is not one of none, full, selective" in msg
     assert "unknown key 'modle.flavor' (did you mean 'model.flavor'?)" in msg

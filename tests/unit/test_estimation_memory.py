@@ -112,13 +112,17 @@ print(json.dumps({"growth": rss("VmHWM") - base, "traced": est.traced.peak_bytes
 """
 
 
+FIXED_LAYOUT = ("--training.micro_batch_size=16", "--activation_checkpoint.mode=selective")
+
+
 def test_trace_of_100m_recipe_does_not_allocate_the_model() -> None:
     # The recipe's model and micro-batch (16 x 1024) on one GPU; one micro-step per optimizer
     # step only to keep the trace short (the peak per micro-step is the same).
     recipe = str(ROOT / "train_configs" / "mini_gpt_100m.toml")
     one_micro = "--training.global_batch_tokens=16384"
+    # The recipe sizes itself ("auto"); the layout of a 24 GB GPU is pinned here.
     out = subprocess.run(
-        [sys.executable, "-c", _RSS_CHILD, recipe, one_micro],
+        [sys.executable, "-c", _RSS_CHILD, recipe, one_micro, *FIXED_LAYOUT],
         capture_output=True,
         text=True,
         check=True,

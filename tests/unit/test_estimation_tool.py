@@ -166,7 +166,8 @@ def test_any_other_gpu_by_memory_and_tflops(capsys: pytest.CaptureFixture) -> No
     code, out, _ = run_tool([RECIPE, "--gpu", "h200", "--no-trace", "--json"], capsys)
     data = json.loads(out)
     assert code == 0 and data["gpu"] == "h200" and data["verdict"]["fits"] is True
-    argv = [RECIPE, "--gpu-memory-gib", "8", "--gpu-tflops", "100", "--no-trace", "--json"]
+    fixed = ["--training.micro_batch_size=16", "--activation_checkpoint.mode=selective"]
+    argv = [RECIPE, *fixed, "--gpu-memory-gib", "8", "--gpu-tflops", "100", "--no-trace", "--json"]
     code, out, _ = run_tool(argv, capsys)
     data = json.loads(out)
     assert code == 3 and data["verdict"]["fits"] is False
