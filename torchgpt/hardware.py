@@ -136,11 +136,12 @@ def device_memory_gib(device_type: str, device_index: int = 0) -> float:
     if device_type == "cuda":
         import torch
 
-        return torch.cuda.get_device_properties(device_index).total_memory / 2**30
+        return round(torch.cuda.get_device_properties(device_index).total_memory / 2**30, 2)
     available = _meminfo_bytes("MemAvailable") or os.sysconf("SC_PAGE_SIZE") * os.sysconf(
         "SC_AVPHYS_PAGES"
     )
-    return available / 2**30 / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    share = available / 2**30 / max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return round(share, 2)
 
 
 def _meminfo_bytes(field: str) -> int | None:
