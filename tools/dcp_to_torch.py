@@ -37,7 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="cast floating-point weights (default: keep the checkpoint's, float32)",
     )
-    p.add_argument("--hf", metavar="OUT_DIR", help="also write a transformers folder here")
+    p.add_argument(
+        "--hf",
+        metavar="OUT_DIR",
+        help="also write a complete transformers folder here (weights, config, generation\n"
+        "config, GPT-2 tokenizer, README.md): AutoTokenizer / AutoModelForCausalLM and\n"
+        "`lm_eval --model hf --model_args pretrained=OUT_DIR` load it as is",
+    )
+    p.add_argument(
+        "--tokenizer-dir",
+        metavar="DIR",
+        help="GPT-2 BPE files (vocab.bpe, encoder.json) for --hf; default the run's\n"
+        "data.tokenizer_dir, else $TORCHGPT_GPT2_BPE_DIR, else the hub's gpt2",
+    )
     return p
 
 
@@ -49,10 +61,18 @@ def main(argv: list[str] | None = None) -> int:
         path, model = dcp_to_torch(args.checkpoint, args.out, which=args.which, dtype=dtype)
         print(f"wrote {path}")
         if args.hf:
-            from torchgpt.model.hf import export_hf  # needs transformers: only when asked
+            from torchgpt.eval.hf_export import minimal_card, write_hf_folder  # transformers
 
-            hf_dir = export_hf(model, args.hf, dtype=dtype or torch.float32)
-            print(f"wrote {hf_dir} (transformers format)")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+            run_bpe = ((saved.get("config") or {}).get("data") or {}).get("tokenizer_dir")
+            hf_dir = write_hf_folder(
+                model,
+                args.hf,
+                dtype=dtype or torch.float32,
+                bpe_dir=args.tokenizer_dir or run_bpe or None,
+                card=minimal_card(model, source=args.checkpoint, step=saved.get("step")),
+            )
+            print(f"wrote {hf_dir} (transformers folder with tokenizer)")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

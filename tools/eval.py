@@ -59,11 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     har.add_argument(
         "--tasks",
         default="hellaswag,arc_easy,piqa",
-        help="comma-separated harness task names, or 'none'",
+        help="comma-separated harness task (or group) names, or 'none'",
     )
     har.add_argument("--limit", type=_count, help="items per task (default: all)")
     har.add_argument(
         "--data-dir", help="local task data in the hub schema, e.g. ../shared/data/eval"
+    )
+    har.add_argument(
+        "--include-path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="folder of your own task YAMLs, as lm-eval's --include_path (repeatable); their "
+        "task names then work in --tasks",
     )
     har.add_argument("--batch-size", type=_count, default=16)
     smp = p.add_argument_group("samples")
@@ -82,6 +90,7 @@ def _options(args: argparse.Namespace, argv: list[str]) -> EvalOptions:
         tasks=[t.strip() for t in tasks if t.strip()],
         limit=args.limit,
         data_dir=args.data_dir,
+        include_paths=args.include_path,
         batch_size=args.batch_size,
         prompts_file=args.prompts,
         no_samples=args.no_samples,

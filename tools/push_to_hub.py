@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from torchgpt.checkpoint import load_model_from_checkpoint
-from torchgpt.data.tokenizer import BPE_DIR_ENV, get_tokenizer
+from torchgpt.data.tokenizer import get_tokenizer
 from torchgpt.model.gpt import GPT
 
 REPORT_FILES = ("BENCHMARK.md", "LOSS_CURVE.png", "SAMPLES.md")
@@ -84,35 +84,6 @@ def find_card(card: str | None, meta: dict) -> Path:
     return path
 
 
-def save_tokenizer(out: Path) -> None:
-    """GPT-2's tokenizer in transformers' format, built from the official BPE files.
-
-    Built with the `tokenizers` library directly (byte-level BPE, no prefix space, no added
-    BOS), whose API is the same across transformers 4 and 5. The files come from
-    TORCHGPT_GPT2_BPE_DIR when set; otherwise the hub's `gpt2` tokenizer is copied.
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe_dir = os.environ.get(BPE_DIR_ENV)
-    if not bpe_dir:  # no local copy: the hub's gpt2 repository holds the same tokenizer
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained("gpt2").save_pretrained(out)
-        return
-    vocab = json.loads((Path(bpe_dir) / "encoder.json").read_text(encoding="utf-8"))
-    lines = (Path(bpe_dir) / "vocab.bpe").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#")]
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    eot = "<|endoftext|>"
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token=eot, eos_token=eot, unk_token=eot, model_max_length=1024
-    )
-    tok.save_pretrained(out)
-
-
 def check_staged(stage: Path, model: GPT, atol: float = 1e-4) -> float:
     """Load the staged folder with transformers; its tokens and logits must match torchgpt's.
 
@@ -139,7 +110,7 @@ def check_staged(stage: Path, model: GPT, atol: float = 1e-4) -> float:
 
 def stage(args: argparse.Namespace) -> tuple[Path, dict]:
     """Write and check the staging folder; return it and a summary."""
-    from torchgpt.model.hf import export_hf  # needs transformers
+    from torchgpt.eval.hf_export import write_hf_folder  # needs transformers
 
     model, meta = load_model_from_checkpoint(args.checkpoint, args.which)
     card = find_card(args.card, meta)
@@ -150,10 +121,13 @@ def stage(args: argparse.Namespace) -> tuple[Path, dict]:
         )
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    export_hf(model, tmp, dtype=_DTYPES[args.dtype])
-    save_tokenizer(tmp)
     body = card.read_text(encoding="utf-8")
-    (tmp / "README.md").write_text(hub_header(args.repo_id, args.license, meta) + body)
+    write_hf_folder(
+        model,
+        tmp,
+        dtype=_DTYPES[args.dtype],
+        card=hub_header(args.repo_id, args.license, meta) + body,
+    )
     for name in REPORT_FILES:
         if (card.parent / name).is_file():
             shutil.copy2(card.parent / name, tmp / name)

@@ -193,10 +193,14 @@ class MetricsLogger:
         if self.tb is not None:
             self.tb.close()
         if self.wandb is not None:
+            offline = os.environ.get("WANDB_MODE") == "offline"
+            hint = wandb_sync_hint(self.wandb) if offline else None
             try:
                 self.wandb.finish()
             except Exception as e:
                 logger.warning("W&B finish failed: %s", e)
+            if hint:
+                logger.info("%s", hint)
 
 
 def _open_tensorboard(path: Path):
@@ -214,11 +218,34 @@ def _open_wandb(run_dir: Path, project: str, name: str, config: dict[str, Any]):
     except ImportError:
         logger.warning("wandb is not installed (pip install torchgpt[logging]); skipping it")
         return None
-    if not os.environ.get("WANDB_API_KEY") and "WANDB_MODE" not in os.environ:
+    if not _wandb_key_known() and "WANDB_MODE" not in os.environ:
         # No key: log offline (sync later with `wandb sync`), never block on a login prompt.
         os.environ["WANDB_MODE"] = "offline"
     try:
-        return wandb.init(project=project, name=name, dir=str(run_dir), config=config)
+        run = wandb.init(project=project, name=name, dir=str(run_dir), config=config)
     except Exception as e:
         logger.warning("W&B init failed, continuing without it: %s", e)
         return None
+    if os.environ.get("WANDB_MODE") == "offline":
+        logger.info("%s", wandb_sync_hint(run))
+    return run
+
+
+def _wandb_key_known() -> bool:
+    """WANDB_API_KEY is set, or `wandb login` stored a key in ~/.netrc."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    import netrc
+
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def wandb_sync_hint(run: Any) -> str:
+    folder = Path(run.dir).parent  # .../wandb/offline-run-DATE-ID (run.dir is its files/)
+    return (
+        f"W&B is offline (no API key; `wandb login` or WANDB_API_KEY to log online): the run is "
+        f"in {folder}; upload it with `wandb sync {folder}`"
+    )

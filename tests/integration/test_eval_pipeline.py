@@ -231,10 +231,10 @@ def test_adapter_matches_the_harness_hf_backend(run, tmp_path, shared_dir, gpt2_
     from lm_eval.models.huggingface import HFLM
 
     from torchgpt.eval.harness import TorchGPTLM
-    from torchgpt.eval.hf_export import export_for_hf_backend
+    from torchgpt.eval.hf_export import write_hf_folder
 
     model = run["model"].eval()
-    export = export_for_hf_backend(model, tmp_path / "hf", gpt2_bpe_dir)
+    export = write_hf_folder(model, tmp_path / "hf", bpe_dir=gpt2_bpe_dir)
     hf = HFLM(pretrained=str(export), device="cpu", dtype="float32", batch_size=16)
     ours = TorchGPTLM(model, batch_size=16)
     eval_dir, limit = shared_dir / "data" / "eval", 25

@@ -131,6 +131,9 @@ def test_mini_gpt_100m_recipe_two_real_steps(token_shards, tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["activation_checkpoint"]["mode"] in ("none", "selective", "full")
     assert config["training"]["micro_batch_size"] == 1
+    # W&B is on in the recipe: offline here (no key), with the command that uploads the run.
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert f"upload it with `wandb sync {offline}`" in (run_dir / "train.log").read_text()
     assert (
         "auto sizing (activation_checkpoint.mode): micro_batch_size 1"
         in (run_dir / "train.log").read_text()

@@ -41,3 +41,18 @@ def test_cuda_memory_has_allocated_and_reserved(monkeypatch):
     record = _record(memory)
     assert record["peak_memory_reserved_gib"] == 34.5 and record["mfu"] == 20480 / 2 * 1e9 / 1e14
     assert "mem 30.00GiB (34.50 reserved)" in console_line(record, 100)
+
+
+def test_a_wandb_login_in_netrc_counts_as_a_key(monkeypatch, tmp_path):
+    from torchgpt import metrics
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert not metrics._wandb_key_known()
+    netrc = tmp_path / ".netrc"
+    netrc.write_text("machine api.wandb.ai\n  login user\n  password 0123456789abcdef\n")
+    netrc.chmod(0o600)
+    assert metrics._wandb_key_known()
+    monkeypatch.setenv("WANDB_API_KEY", "x")
+    netrc.unlink()
+    assert metrics._wandb_key_known()

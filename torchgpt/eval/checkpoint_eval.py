@@ -46,6 +46,8 @@ class EvalOptions:
     """Items per task (None: all)."""
     data_dir: str | None = None
     """Local task data in the hub schema (../shared/data/eval); None uses the hub."""
+    include_paths: list[str] = field(default_factory=list)
+    """Folders of the user's own task YAMLs (lm-eval's --include_path)."""
     batch_size: int = 16
     prompts_file: str | None = None
     """Prompts TOML (default configs/eval_prompts.toml); samples are skipped when no_samples."""
@@ -93,9 +95,18 @@ def _run_tasks(model, options: EvalOptions) -> dict[str, Any]:
     from torchgpt.eval.harness import run_harness_eval
 
     out = run_harness_eval(
-        model, options.tasks, options.limit, options.data_dir, options.batch_size
+        model,
+        options.tasks,
+        options.limit,
+        options.data_dir,
+        options.batch_size,
+        include_paths=options.include_paths,
     )
-    return {"tasks": out["tasks"], "task_data_dir": out["data_dir"]}
+    return {
+        "tasks": out["tasks"],
+        "task_data_dir": out["data_dir"],
+        "task_include_paths": out["include_paths"],
+    }
 
 
 def _output_path(meta: dict, options: EvalOptions) -> Path:

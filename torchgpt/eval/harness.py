@@ -17,19 +17,14 @@ import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
-from lm_eval.models.utils import (
-    Collator,
-    handle_stop_sequences,
-    normalize_gen_kwargs,
-    postprocess_generated_text,
-)
+from lm_eval.models.utils import Collator, normalize_gen_kwargs
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from torch import Tensor
 
 from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
+from torchgpt.eval.generation import Generator, head_on_rows
 from torchgpt.eval.loading import check_vocab, load_model
-from torchgpt.model import GPT, KVCache
-from torchgpt.model.generate import sample_next
+from torchgpt.model import GPT
 from torchgpt.progress import Progress, is_terminal
 
 logger = logging.getLogger(__name__)
@@ -46,25 +41,6 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-@contextlib.contextmanager
-def _head_on_rows(model: GPT, rows: Tensor) -> Iterator[None]:
-    """Make `model(tokens)` return logits only for the flattened (B*T) positions `rows`.
-
-    A forward hook on the final norm keeps just those rows, so the lm-head matmul (most of the
-    cost of a small model with a 50k vocabulary) runs on the scored tokens only and the model's
-    own forward code is used unchanged. Output shape: (1, len(rows), vocab).
-    """
-
-    def keep_rows(module, inputs, output):
-        return output.flatten(0, 1).index_select(0, rows).unsqueeze(0)
-
-    handle = model.norm.register_forward_hook(keep_rows)
-    try:
-        yield
-    finally:
-        handle.remove()
 
 
 @register_model("torchgpt")
@@ -159,7 +135,7 @@ class TorchGPTLM(TemplateLM):
             if self._autocast
             else contextlib.nullcontext()
         )
-        with torch.no_grad(), _head_on_rows(self.model, rows), ctx:
+        with torch.no_grad(), head_on_rows(self.model, rows), ctx:
             logits = self.model(inputs)[0]  # (N, vocab)
         return F.log_softmax(logits.float(), dim=-1)
 
@@ -236,40 +212,17 @@ class TorchGPTLM(TemplateLM):
         return totals
 
     # ---- generation ------------------------------------------------------------------------
-    @torch.no_grad()
-    def _generate_one(self, context: str, kwargs: dict) -> str:
-        until = handle_stop_sequences(kwargs.pop("until", None), eos=self.tok_decode([EOT_ID]))
-        max_new = int(kwargs.pop("max_gen_toks"))
-        temperature = float(kwargs.pop("temperature", 0.0)) if kwargs.pop("do_sample") else 0.0
-        top_k, top_p = kwargs.pop("top_k", None), kwargs.pop("top_p", None)
-        if max_new >= self.max_length:
-            raise ValueError(f"max_gen_toks={max_new} must be < max_length={self.max_length}")
-        prompt = self.tok_encode(context)[-(self.max_length - max_new) :] or [EOT_ID]
-        tokens = torch.tensor([prompt], device=self._device)
-        cache = KVCache(self.model.args.n_layers, self.model.args.max_seq_len)
-        logits = self.model(tokens, kv_cache=cache, start_pos=0)
-        generator = torch.Generator(device=self._device).manual_seed(int(kwargs.get("seed", 0)))
-        out: list[int] = []
-        for step in range(max_new):
-            token = sample_next(logits[:, -1], temperature, top_k, top_p, generator)
-            if int(token) == EOT_ID:
-                break
-            out.append(int(token))
-            if any(stop and stop in self.tok_decode(out) for stop in until):
-                break
-            logits = self.model(token[:, None], kv_cache=cache, start_pos=len(prompt) + step)
-        return postprocess_generated_text(self.tok_decode(out), until, None)
-
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        """Decode each request (greedy unless do_sample) until a stop string or the budget."""
-        results = []
+        """Greedy requests in left-padded batches of `batch_size`, each stopping on its own
+        (torchgpt/eval/generation.py); sampled ones one at a time with their seed."""
+        gen = Generator(self.model, self.tok_encode, self.tok_decode, self.max_length, self._device)
+        args = [
+            (req.args[0], normalize_gen_kwargs(req.args[1], self.max_gen_toks)) for req in requests
+        ]
         with _eval_mode(self.model):
-            for req in requests:
-                context, gen_kwargs = req.args
-                kwargs = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
-                text = self._generate_one(context, kwargs)
-                results.append(text)
-                self.cache_hook.add_partial("generate_until", req.args, text)
+            results = gen.until(args, self._batch_size)
+        for req, text in zip(requests, results, strict=True):
+            self.cache_hook.add_partial("generate_until", req.args, text)
         return results
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
@@ -297,7 +250,8 @@ def _preserve_rng() -> Iterator[None]:
 
 
 def summarize_results(results: dict, tasks: list[str]) -> dict[str, dict[str, Any]]:
-    """Per task: acc, acc_norm (+ stderr), the number of items scored and the task version."""
+    """Per task: acc, acc_norm (+ stderr), any other metric the task reports (e.g.
+    exact_match, word_perplexity), the number of items scored and the task version."""
     summary = {}
     for task in tasks:
         metrics = results["results"].get(task, {})
@@ -309,6 +263,10 @@ def summarize_results(results: dict, tasks: list[str]) -> dict[str, dict[str, An
                 entry[f"{name}_stderr"] = (
                     float(stderr) if isinstance(stderr, (int, float)) else None
                 )
+        for key, value in metrics.items():  # any other metric a (user's) task reports
+            name, _, filt = key.partition(",")
+            if name not in entry and "_stderr" not in name and isinstance(value, (int, float)):
+                entry[name if filt == "none" else key] = float(value)
         n = results.get("n-samples", {}).get(task, {})
         entry["num_samples"] = n.get("effective")
         entry["version"] = results.get("versions", {}).get(task)
@@ -325,6 +283,7 @@ def run_harness_eval(
     *,
     dtype: str = "float32",
     log_samples: bool = False,
+    include_paths: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Score `model` on lm-eval tasks with the harness's own prompts and metrics (0-shot).
 
@@ -340,6 +299,7 @@ def run_harness_eval(
         batch_size: requests per forward pass.
         dtype: "float32" or "bfloat16" (autocast).
         log_samples: also return the harness's per-item records under "samples".
+        include_paths: folders of the user's own task YAMLs (lm-eval's --include_path).
 
     Returns:
         {"tasks": {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "num_samples",
@@ -358,7 +318,7 @@ def run_harness_eval(
     tasks = list(tasks)
     lm = TorchGPTLM(model, batch_size=batch_size, dtype=dtype)
     with tempfile.TemporaryDirectory(prefix="torchgpt-tasks-") as yaml_dir, _preserve_rng():
-        manager = build_task_manager(tasks, data_dir, Path(yaml_dir))
+        manager = build_task_manager(tasks, data_dir, Path(yaml_dir), include_paths)
         loaded = load_tasks(manager, tasks, data_dir)
         results = simple_evaluate(
             model=lm,
@@ -371,6 +331,7 @@ def run_harness_eval(
         "tasks": summarize_results(results, tasks),
         "limit": limit,
         "data_dir": str(data_dir) if data_dir else None,
+        "include_paths": [str(f) for f in include_paths],
         "lm_eval_version": lm_eval.__version__,
         **({"samples": results.get("samples", {})} if log_samples else {}),
     }

@@ -1,48 +1,137 @@
-"""Export a GPT for the harness's own `hf` backend with no hub access: weights + GPT-2 tokenizer.
+"""A complete transformers folder for a GPT: weights, config, generation config, GPT-2 tokenizer
+and a model card, so `AutoTokenizer` / `AutoModelForCausalLM.from_pretrained(DIR)` and
+`lm_eval --model hf --model_args pretrained=DIR` need nothing else.
 
-`export_for_hf_backend` writes export_hf's config.json + model.safetensors and a GPT2TokenizerFast
-built from the local BPE files into one folder, so `lm_eval --model hf --model_args
-pretrained=DIR` (or `HFLM(pretrained=DIR)`) loads everything from there. Used by the parity test
-and bench/eval.py.
+`write_hf_folder` is the one writer (tools/dcp_to_torch.py --hf, tools/push_to_hub.py, the
+parity test and bench/eval.py use it). The tokenizer is built offline from GPT-2's own BPE files
+(vocab.bpe + encoder.json): bpe_dir, else $TORCHGPT_GPT2_BPE_DIR, else the hub's `gpt2`.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
+
+import torch
 
 from torchgpt.data.tokenizer import BPE_DIR_ENV
 from torchgpt.model import GPT
+from torchgpt.model.args import num_params
+
+EOT = "<|endoftext|>"
+CHECK = ("Hello world", [15496, 995])
 
 
-def export_for_hf_backend(
-    model: GPT, out_dir: str | os.PathLike, bpe_dir: str | os.PathLike | None = None
+def save_gpt2_tokenizer(
+    out: str | os.PathLike, bpe_dir: str | os.PathLike | None = None, max_length: int = 1024
+) -> None:
+    """GPT-2's tokenizer in transformers' format (tokenizer.json + config), built offline.
+
+    Built with the `tokenizers` library directly (byte-level BPE, no prefix space, no added BOS;
+    <|endoftext|> as bos / eos / unk), whose API is the same in transformers 4 and 5. Without
+    a BPE folder the hub's `gpt2` tokenizer is copied (needs network or the HF cache).
+
+    Raises:
+        ValueError: a BPE folder without vocab.bpe / encoder.json.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    folder = bpe_dir or os.environ.get(BPE_DIR_ENV)
+    if not folder:
+        AutoTokenizer.from_pretrained("gpt2").save_pretrained(out)
+        return
+    folder = Path(folder)
+    if not (folder / "vocab.bpe").is_file() or not (folder / "encoder.json").is_file():
+        raise ValueError(
+            f"GPT-2 BPE files not found in {folder}; pass a folder with vocab.bpe and "
+            f"encoder.json (e.g. ../shared/tokenizers/gpt2) or set {BPE_DIR_ENV}"
+        )
+    vocab = json.loads((folder / "encoder.json").read_text(encoding="utf-8"))
+    lines = (folder / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#")]
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=EOT,
+        eos_token=EOT,
+        unk_token=EOT,
+        model_max_length=max_length,
+    )
+    tok.save_pretrained(out)
+
+
+def minimal_card(model: GPT, *, source: str = "", step: int | None = None) -> str:
+    """A short README.md: what the model is, where it came from, how to load and evaluate it."""
+    from torchgpt.model.hf import hf_family
+
+    a = model.args
+    origin = f"Exported from `{source}`" if source else "Exported"
+    origin += f" (step {step})" if step is not None else ""
+    return f"""# torchgpt {hf_family(a)} model
+
+A decoder-only transformer trained with torchgpt ({num_params(a):,}
+parameters: {a.n_layers} layers, d={a.dim}, {a.n_heads} heads, context {a.max_seq_len}) with
+the GPT-2 tokenizer. {origin} by `tools/dcp_to_torch.py --hf`.
+
+```python
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")
+model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")
+ids = tokenizer("Hello world", return_tensors="pt").input_ids
+print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))
+```
+
+Evaluate with lm-evaluation-harness: `lm_eval --model hf --model_args pretrained=THIS_FOLDER
+--tasks hellaswag`. A research model of this size is not fit for any use beyond study.
+"""
+
+
+def write_hf_folder(
+    model: GPT,
+    out_dir: str | os.PathLike,
+    *,
+    dtype: torch.dtype = torch.float32,
+    bpe_dir: str | os.PathLike | None = None,
+    card: str | None = None,
 ) -> Path:
-    """Write `model` and the GPT-2 tokenizer to `out_dir` for transformers / lm-eval's `hf`.
+    """Write `model` as a complete transformers folder (built under a temporary name, then
+    swapped in, so a failure never leaves a half folder or loses the previous one).
 
     Args:
         model: an unsharded GPT with GPT-2, Llama or Qwen3-style options (see export_hf).
-        out_dir: folder to create or overwrite.
-        bpe_dir: folder with vocab.bpe and encoder.json; default $TORCHGPT_GPT2_BPE_DIR.
+        out_dir: folder to create or replace.
+        dtype: dtype of the saved weights.
+        bpe_dir: folder with vocab.bpe and encoder.json (see save_gpt2_tokenizer).
+        card: README.md text; default `minimal_card(model)`.
 
     Raises:
-        ValueError: no BPE folder, or the tokenizer does not reproduce GPT-2's ids.
+        ValueError: no transformers equivalent, no BPE files, or a tokenizer that does not
+            reproduce GPT-2's ids.
     """
-    from transformers import GPT2TokenizerFast
+    from transformers import AutoTokenizer
 
     from torchgpt.model.hf import export_hf
 
-    bpe_dir = Path(bpe_dir or os.environ.get(BPE_DIR_ENV, ""))
-    if not (bpe_dir / "vocab.bpe").is_file() or not (bpe_dir / "encoder.json").is_file():
-        raise ValueError(
-            f"GPT-2 BPE files not found in {bpe_dir!s}; pass bpe_dir or set {BPE_DIR_ENV} to a "
-            "folder with vocab.bpe and encoder.json (e.g. ../shared/tokenizers/gpt2)"
-        )
-    out = export_hf(model, out_dir)
-    # transformers 5.x takes vocab=/merges=; the old vocab_file=/merges_file= names are silently
-    # ignored and give an empty vocabulary (ENVIRONMENT_NOTES.md).
-    tok = GPT2TokenizerFast(vocab=str(bpe_dir / "encoder.json"), merges=str(bpe_dir / "vocab.bpe"))
-    if tok("Hello world")["input_ids"] != [15496, 995]:
-        raise ValueError(f"the tokenizer built from {bpe_dir} does not reproduce GPT-2's ids")
-    tok.save_pretrained(out)
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(model, tmp, dtype=dtype)
+    save_gpt2_tokenizer(tmp, bpe_dir, max_length=model.args.max_seq_len)
+    ids = AutoTokenizer.from_pretrained(tmp)(CHECK[0])["input_ids"]
+    if ids != CHECK[1]:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(f"the exported tokenizer gives {ids} for {CHECK[0]!r}, not {CHECK[1]}")
+    (tmp / "README.md").write_text(card or minimal_card(model), encoding="utf-8")
+    old = out.with_name(out.name + ".old")
+    if out.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
     return out

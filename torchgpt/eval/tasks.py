@@ -117,29 +117,42 @@ def _unknown_task_error(unknown: list[str], known: list[str]) -> ValueError:
     )
 
 
-def build_task_manager(tasks: list[str], data_dir: str | os.PathLike | None, yaml_dir: Path):
-    """A TaskManager that knows `tasks`, with local data for the ones `data_dir` provides.
+def build_task_manager(
+    tasks: list[str],
+    data_dir: str | os.PathLike | None,
+    yaml_dir: Path,
+    include_paths: list[str] | tuple[str, ...] = (),
+):
+    """A TaskManager that knows `tasks`: local data for the ones `data_dir` provides, the
+    user's task YAMLs under `include_paths` (as lm-eval's --include_path), then the harness's
+    own tasks.
 
     The harness's own index of ~15k tasks takes ~20 s to build on these CPUs, so it is only
-    included when a task outside the local set is asked for.
+    included when a task is neither local nor in an include path.
 
     Args:
-        tasks: harness task names (e.g. ["hellaswag", "arc_easy", "piqa"]).
+        tasks: harness task (or group) names (e.g. ["hellaswag", "arc_easy", "piqa"]).
         data_dir: folder of local files in the hub schema, or None to use the hub.
         yaml_dir: a folder for the generated YAMLs; it must outlive the evaluation.
+        include_paths: folders of task YAMLs (searched recursively).
 
     Raises:
-        ValueError: a task name the harness does not know, or missing local data.
+        ValueError: a task name nobody knows, missing local data, a missing include path.
     """
     from lm_eval.tasks import TaskManager
 
     if not tasks:
         raise ValueError("no tasks given; e.g. --tasks hellaswag,arc_easy,piqa")
+    for folder in include_paths:
+        if not Path(folder).is_dir():
+            raise ValueError(f"--include-path {folder}: not a folder of task YAML files")
     local = write_local_tasks(tasks, data_dir, yaml_dir) if data_dir else []
-    need_stock = any(t not in local for t in tasks)
-    manager = TaskManager(
-        include_path=str(yaml_dir) if local else None, include_defaults=need_stock
-    )
+    include = ([str(yaml_dir)] if local else []) + [str(Path(f).resolve()) for f in include_paths]
+    manager = None
+    if include:
+        manager = TaskManager(include_path=include, include_defaults=False)
+    if manager is None or any(t not in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=include or None, include_defaults=True)
     unknown = [t for t in tasks if t not in manager.all_tasks]
     if unknown:
         raise _unknown_task_error(unknown, manager.all_tasks)

@@ -64,6 +64,7 @@ class Attention(nn.Module):
         rope_sin: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         B, T, C = x.size()  # batch, sequence length, embedding dim (d)
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, d)
@@ -76,7 +77,10 @@ class Attention(nn.Module):
             q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
         if kv_cache is not None:
             k, v = kv_cache.update(k, v, start_pos)  # (B, nh, start_pos + T, hs)
-        y = _causal_attention(q, k, v)  # (B, nh, T, hs)
+        if attn_mask is None:
+            y = _causal_attention(q, k, v)  # (B, nh, T, hs)
+        else:  # left-padded batch (see GPT.forward's `pad`): the mask holds causality too
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, d)
         return self.proj(y)
 
@@ -91,6 +95,21 @@ def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # Several new tokens after a cached prefix: is_causal would align the mask top-left.
     mask = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device).tril(diagonal=t_k - t_q)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _left_padded_positions(pad: Tensor, start_pos: int, t: int) -> tuple[Tensor, Tensor]:
+    """Positions (B, T) and attention mask (B, 1, T, start_pos + T) of a left-padded batch.
+
+    Query i (absolute position start_pos + i) sees keys j <= start_pos + i that are not
+    padding; a padding query sees itself only, so no row of the softmax is empty.
+    """
+    q_abs = torch.arange(start_pos, start_pos + t, device=pad.device)  # (T,)
+    k_abs = torch.arange(start_pos + t, device=pad.device)  # (T_k,)
+    pos = (q_abs[None] - pad[:, None]).clamp(min=0)  # (B, T)
+    causal = k_abs[None, :] <= q_abs[:, None]  # (T, T_k)
+    real = k_abs[None, None, :] >= pad[:, None, None]  # (B, 1, T_k)
+    itself = k_abs[None, :] == q_abs[:, None]  # (T, T_k)
+    return pos, ((causal[None] & real) | itself[None])[:, None]
 
 
 class FeedForward(nn.Module):
@@ -129,8 +148,9 @@ class Block(nn.Module):
         rope_sin: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope_cos, rope_sin, kv_cache, start_pos)
+        x = x + self.attn(self.attn_norm(x), rope_cos, rope_sin, kv_cache, start_pos, attn_mask)
         x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -261,6 +281,7 @@ class GPT(nn.Module):
         start_pos: int = 0,
         *,
         padded_vocab: bool = False,
+        pad: Tensor | None = None,
     ) -> Tensor:
         """Compute next-token logits.
 
@@ -271,6 +292,9 @@ class GPT(nn.Module):
             padded_vocab: return all `padded_vocab_size` columns; the caller must ignore the
                 columns >= vocab_size (the training loss masks them). It saves the slice's
                 backward, which would copy the whole (B, T, V) gradient into a zero-padded one.
+            pad: (B,) left-padding of each row (batched decoding): row b's first pad[b]
+                positions are padding, its real tokens take positions 0, 1, ... and no token
+                attends to padding. The logits of padding positions are meaningless.
 
         Returns:
             (B, T, vocab_size) logits in the compute dtype; the padded vocabulary columns
@@ -280,16 +304,21 @@ class GPT(nn.Module):
         self._check_inputs(tokens, start_pos)
         T = tokens.size(1)
         x = self.tok_embeddings(tokens)  # (B, T, d)
-        rope_cos = rope_sin = None
+        rope_cos = rope_sin = attn_mask = None
+        if pad is not None:
+            pos, attn_mask = _left_padded_positions(pad, start_pos, T)  # (B, T), (B, 1, T, T_k)
         if self.pos_embeddings is not None:
-            pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
-            x = x + self.pos_embeddings(pos)  # (B, T, d) + (T, d)
-        else:
+            if pad is None:
+                pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)
+            x = x + self.pos_embeddings(pos)  # (B, T, d) + (T, d) or (B, T, d)
+        elif pad is None:
             rope_cos = self.rope_cos[start_pos : start_pos + T]  # (T, hs)
             rope_sin = self.rope_sin[start_pos : start_pos + T]  # (T, hs)
+        else:
+            rope_cos, rope_sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
         for i, layer in enumerate(self.layers):
             layer_cache = kv_cache[i] if kv_cache is not None else None
-            x = layer(x, rope_cos, rope_sin, layer_cache, start_pos)  # (B, T, d)
+            x = layer(x, rope_cos, rope_sin, layer_cache, start_pos, attn_mask)  # (B, T, d)
         x = self.norm(x)
         logits = self.output(x)  # (B, T, padded_vocab)
         if padded_vocab:

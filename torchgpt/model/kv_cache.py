@@ -32,6 +32,11 @@ class LayerKVCache:
         self.v[:, :, start_pos:end] = v
         return self.k[:, :, :end], self.v[:, :, :end]  # (B, nh, end, hs)
 
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only batch rows `rows` (decoding went on without the others)."""
+        if self.k is not None:
+            self.k, self.v = self.k[rows], self.v[rows]
+
 
 class KVCache:
     """One `LayerKVCache` per block; index it with the block number.
@@ -49,3 +54,8 @@ class KVCache:
 
     def __len__(self) -> int:
         return len(self.layers)
+
+    def keep_rows(self, rows: Tensor) -> None:
+        """Keep only batch rows `rows` in every layer."""
+        for layer in self.layers:
+            layer.keep_rows(rows)
