@@ -111,8 +111,12 @@ class Training:
 
 @dataclass
 class Optimizer:
+    name: Literal["adamw", "muon"] = "adamw"
+    """adamw: AdamW everywhere; muon: Muon (torchgpt/muon.py) for the 2-D weights of the
+    transformer blocks, AdamW (lr, betas, eps, weight_decay below) for embeddings, lm-head,
+    norms and biases."""
     lr: float = 6e-4
-    """Peak learning rate (GPT-3 small: 6e-4)."""
+    """Peak learning rate (GPT-3 small: 6e-4); with name=muon, the AdamW part's."""
     beta1: float = 0.9
     """AdamW beta1."""
     beta2: float = 0.95
@@ -123,6 +127,17 @@ class Optimizer:
     """Decoupled weight decay, applied to >= 2-D weights only (not biases, norms)."""
     implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
     """AdamW kernel: auto = fused on CUDA and CPU, foreach elsewhere."""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (scaled per matrix by muon_adjust_lr; the schedule applies)."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum."""
+    muon_weight_decay: float = 0.0
+    """Muon's decoupled weight decay (lr x wd per step, as torch.optim.Muon)."""
+    muon_ns_steps: int = 5
+    """Newton-Schulz iterations of the orthogonalisation."""
+    muon_adjust_lr: Literal["original", "match_rms_adamw"] = "original"
+    """Shape-aware update scale: original = sqrt(max(1, rows/cols)) (Keller Jordan);
+    match_rms_adamw = 0.2 sqrt(max(rows, cols)) (Moonshot), which lets Muon reuse AdamW's lr."""
 
 
 @dataclass

@@ -242,6 +242,13 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
     for key, value in [("optimizer.beta1", o.beta1), ("optimizer.beta2", o.beta2)]:
         if not 0.0 <= value < 1.0:
             p.append(f"{key}: must be in [0, 1), got {value}")
+    if not o.muon_lr > 0 or not 0.0 <= o.muon_momentum < 1.0 or o.muon_weight_decay < 0:
+        p.append(
+            f"optimizer: muon_lr={o.muon_lr} must be > 0, muon_momentum={o.muon_momentum} in "
+            f"[0, 1), muon_weight_decay={o.muon_weight_decay} >= 0"
+        )
+    if not 1 <= o.muon_ns_steps < 100:
+        p.append(f"optimizer.muon_ns_steps: {o.muon_ns_steps} must be in [1, 100)")
     if t.device_memory_gib < 0:
         p.append(
             f"training.device_memory_gib: must be >= 0 (0 = detect), got {t.device_memory_gib}"

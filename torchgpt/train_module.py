@@ -307,6 +307,7 @@ def build_train_module(
     eps: float = 1e-8,
     weight_decay: float = 0.1,
     optimizer_implementation: str = "auto",
+    muon: dict | None = None,
     warmup_steps: int = 0,
     total_steps: int = 1,
     decay_type: str = "cosine",
@@ -351,6 +352,7 @@ def build_train_module(
         weight_decay=weight_decay,
         implementation=optimizer_implementation,
         device_type=device.type,
+        muon=muon,
     )
     lr_scheduler = build_lr_scheduler(
         optimizer,

@@ -24,6 +24,7 @@ from torchgpt.data.loader import TrainLoader, build_val_batches
 from torchgpt.hardware import configure_device, detect_peak_tflops
 from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory, step_record
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
+from torchgpt.optim import muon_options
 from torchgpt.parallel.dims import ParallelDims, device_type
 from torchgpt.preemption import PreemptionHandler
 from torchgpt.preflight import resume_changes
@@ -123,6 +124,7 @@ class Trainer:
             eps=o.eps,
             weight_decay=o.weight_decay,
             optimizer_implementation=o.implementation,
+            muon=muon_options(o),
             warmup_steps=s.warmup_steps,
             total_steps=t.steps,
             decay_type=s.decay_type,

@@ -1,0 +1,172 @@
+#!/usr/bin/env python
+"""Quality per token on this CPU: gpt2 + AdamW vs modern + AdamW vs modern + Muon, one script.
+
+  python bench/muon.py                          # 3 runs of --tokens each on openstax text
+  python bench/muon.py --tokens 1.5e6 --arms modern-muon --out bench_out/muon
+
+Same data (../shared/data/text/openstax, prepared once into OUT/data), same token budget, same
+global batch, seed and schedule shape (warmup then cosine to 10%) for every arm; only the
+model flavor and the optimizer differ. Each run is `python -m torchgpt.train` with
+train_configs/debug_model.toml and the overrides printed; validation every --val-interval steps
+on the same held-out tokens. Prints per arm the final val loss, the tokens at which it first
+reaches gpt2 + AdamW's final val loss, and the median step time; writes OUT/muon.json and
+OUT/muon.png (val loss against tokens and against wall clock). Never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+# (flavor, optimizer overrides). gpt2 + AdamW: the seed recipe's choices (mini_gpt_100m.toml).
+ARMS = {
+    "gpt2-adamw": ("gpt2-d384-l6", ["--optimizer.name", "adamw"]),
+    "modern-adamw": ("modern-d384-l6", ["--optimizer.name", "adamw"]),
+    "modern-muon": ("modern-d384-l6", ["--optimizer.name", "muon"]),
+}
+
+
+def prepare(out: Path, max_tokens: float) -> Path:
+    data = out / "data"
+    if not (data / "manifest.json").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                "tools/prepare_data.py",
+                "--out",
+                str(data),
+                "--input",
+                str(SHARED / "data/text/openstax"),
+                "--max-tokens",
+                str(int(max_tokens)),
+                "--tokenizer-dir",
+                str(SHARED / "tokenizers/gpt2"),
+                "--no-progress",
+            ],
+            cwd=REPO,
+            check=True,
+        )
+    return data
+
+
+def run_arm(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
+    flavor, optim = ARMS[name]
+    steps = int(args.tokens) // args.batch_tokens
+    overrides = [
+        f"--model.flavor={flavor}",
+        f"--data.dataset_path={data}",
+        f"--job.dump_folder={out}",
+        f"--job.name={name}",
+        f"--job.seed={args.seed}",
+        f"--training.steps={steps}",
+        f"--training.seq_len={args.seq_len}",
+        f"--training.micro_batch_size={args.micro_batch}",
+        f"--training.global_batch_tokens={args.batch_tokens}",
+        "--training.mixed_precision=bf16",
+        f"--lr_scheduler.warmup_steps={max(steps // 20, 1)}",
+        "--activation_checkpoint.mode=none",
+        "--checkpoint.enable=false",
+        "--validation.enable=true",
+        f"--validation.interval={args.val_interval}",
+        f"--validation.tokens={args.val_tokens}",
+        "--metrics.log_freq=10",
+        "--metrics.enable_tensorboard=false",
+        *optim,
+        *args.overrides,
+    ]
+    print(f"[{name}] python -m torchgpt.train train_configs/debug_model.toml {' '.join(overrides)}")
+    run_dir = out / name
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+    start = time.time()
+    subprocess.run(
+        [sys.executable, "-m", "torchgpt.train", "train_configs/debug_model.toml", *overrides],
+        cwd=REPO,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_loss" in r]
+    steps_recs = [r for r in records if "step_time_s" in r and r["step"] > 10]
+    return {
+        "flavor": flavor,
+        "optimizer": optim[1],
+        "steps": steps,
+        "tokens": [r["tokens_seen"] for r in val],
+        "wall_s": [r["time"] - start for r in val],
+        "val_loss": [r["val_loss"] for r in val],
+        "step_time_s": statistics.median(r["step_time_s"] for r in steps_recs),
+        "total_s": time.time() - start,
+    }
+
+
+def tokens_to_reach(result: dict, target: float) -> int | None:
+    for tokens, loss in zip(result["tokens"], result["val_loss"], strict=True):
+        if loss <= target:
+            return tokens
+    return None
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, r in results.items():
+        a.plot([t / 1e6 for t in r["tokens"]], r["val_loss"], marker=".", label=name)
+        b.plot([s / 60 for s in r["wall_s"]], r["val_loss"], marker=".", label=name)
+    a.set_xlabel("tokens (M)")
+    b.set_xlabel("wall clock (min, this CPU)")
+    for ax in (a, b):
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=float, default=1.5e6, help="training tokens per arm")
+    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--val-interval", type=int, default=15)
+    p.add_argument("--val-tokens", type=int, default=65536)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_muon")
+    args, args.overrides = p.parse_known_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = prepare(args.out, 4e6)
+    results = {name: run_arm(name, args, data, args.out) for name in args.arms.split(",")}
+    (args.out / "muon.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, args.out / "muon.png")
+    base = results.get("gpt2-adamw")
+    target = base["val_loss"][-1] if base else None
+    print(f"\n{'arm':<14} {'final val':>9} {'tokens to gpt2-adamw final':>27} {'step s':>7}")
+    for name, r in results.items():
+        reach = tokens_to_reach(r, target) if target is not None else None
+        share = f"{reach:,} ({reach / r['tokens'][-1]:.0%})" if reach else "not reached"
+        print(f"{name:<14} {r['val_loss'][-1]:>9.4f} {share:>27} {r['step_time_s']:>7.3f}")
+    if base and "modern-muon" in results and "modern-adamw" in results:
+        ratio = results["modern-muon"]["step_time_s"] / results["modern-adamw"]["step_time_s"]
+        print(f"Muon step time / AdamW step time (modern): {ratio:.3f}")
+    print(f"-> {args.out / 'muon.json'}, {args.out / 'muon.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
