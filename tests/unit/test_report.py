@@ -188,3 +188,17 @@ def test_benchmark_markers_keep_hand_written_sections(tmp_path):
     fresh = tmp_path / "other.md"
     _write_benchmark(fresh, "only the report\n")
     assert fresh.read_text() == "only the report\n"
+
+
+def test_a_users_task_gets_its_own_columns(run_dir):
+    path = run_dir / "eval" / "step-800.json"
+    result = json.loads(path.read_text())
+    result["tasks"]["my_task"] = {"acc": 0.625, "acc_stderr": 0.1, "num_samples": 8}
+    path.write_text(json.dumps(result))
+    bench = build_report(run_dir, run_dir / "out")["BENCHMARK.md"].read_text()
+    header = next(line for line in bench.splitlines() if line.startswith("| checkpoint"))
+    assert header.endswith("| my_task acc |")
+    row = next(line for line in bench.splitlines() if line.startswith("| step-800"))
+    assert row.endswith("| 0.6250 (0.1000) |")
+    row = next(line for line in bench.splitlines() if line.startswith("| step-700"))
+    assert row.endswith("| - |")

@@ -44,10 +44,27 @@ def checkpoint_label(record: dict[str, Any]) -> str:
     return f"step-{record['step']}"
 
 
+def score_columns(data: ReportData) -> list[tuple[str, str]]:
+    """The standard (task, metric) columns, then every other task's acc / acc_norm that some
+    result holds (any harness task or a user's own, tools/eval.py --include-path)."""
+    standard = {t for t, _ in SCORE_COLUMNS}
+    extra = sorted(
+        {
+            (task, metric)
+            for r in data.records
+            for task, scores in (r.get("tasks") or {}).items()
+            for metric in ("acc", "acc_norm")
+            if task not in standard and scores.get(metric) is not None
+        }
+    )
+    return [*SCORE_COLUMNS, *extra]
+
+
 def benchmark_rows(data: ReportData) -> list[str]:
     """The table of this run's checkpoints (header, separator, one row per eval result)."""
+    columns = score_columns(data)
     header = ["checkpoint", "tokens seen", "val_loss", "perplexity"]
-    header += [column_title(t, m) for t, m in SCORE_COLUMNS]
+    header += [column_title(t, m) for t, m in columns]
     rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in data.records:
         tasks = r.get("tasks") or {}
@@ -57,7 +74,7 @@ def benchmark_rows(data: ReportData) -> list[str]:
             fmt_float(r.get("val_loss")),
             fmt_float(r.get("val_ppl"), 2),
         ]
-        cells += [fmt_score(tasks.get(t), m) for t, m in SCORE_COLUMNS]
+        cells += [fmt_score(tasks.get(t), m) for t, m in columns]
         rows.append("| " + " | ".join(cells) + " |")
     return rows
 
