@@ -26,7 +26,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
-# (flavor, optimizer overrides). gpt2 + AdamW: the seed recipe's choices (mini_gpt_100m.toml).
+# (flavor, optimizer overrides). AdamW everywhere has the recipe's betas (0.9, 0.95), eps, weight
+# decay 0.1 on matrices, warmup + cosine to 10% and clipping at 1.0; its lr is --adamw-lr.
+# Muon: Keller Jordan's defaults (muon_lr 0.02, momentum 0.95), 0.02 also best of a short
+# sweep here (0.01 / 0.02 / 0.04, BENCHMARK.md).
 ARMS = {
     "gpt2-adamw": ("gpt2-d384-l6", ["--optimizer.name", "adamw"]),
     "modern-adamw": ("modern-d384-l6", ["--optimizer.name", "adamw"]),
@@ -79,6 +82,7 @@ def run_arm(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
         f"--validation.tokens={args.val_tokens}",
         "--metrics.log_freq=10",
         "--metrics.enable_tensorboard=false",
+        f"--optimizer.lr={args.adamw_lr}",
         *optim,
         *args.overrides,
     ]
@@ -146,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-interval", type=int, default=15)
     p.add_argument("--val-tokens", type=int, default=65536)
     p.add_argument("--seed", type=int, default=1337)
+    p.add_argument(
+        "--adamw-lr",
+        type=float,
+        default=3e-3,
+        help="AdamW lr of every arm (Muon's AdamW half too): debug_model.toml's, near the lr range "
+        "test's 3.77e-3 (WRITEUP.md); the 124M recipe's 6e-4 would undertrain a 30M model here",
+    )
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--out", type=Path, default=REPO / "outputs" / "bench_muon")
     args, args.overrides = p.parse_known_args(argv)
