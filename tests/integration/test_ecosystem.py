@@ -84,32 +84,33 @@ def _results(folder: Path) -> dict:
     return json.loads(path.read_text())["results"][TASK]
 
 
-def test_lm_eval_cli_runs_torchgpt_models(model_file, gpt2_bpe_dir, tmp_path):
-    tasks = write_task(tmp_path / "tasks")
-    out = tmp_path / "out"
+def lm_eval(command: list[str], model_args: str, tasks: Path, out: Path, bpe: Path) -> str:
+    """Run an lm-eval CLI on the test's task; return its stdout (results under `out`)."""
     proc = subprocess.run(
-        [
-            str(BIN / "torchgpt-lm-eval"),
-            "--model",
-            "torchgpt",
-            "--model_args",
-            f"pretrained={model_file}",
-            "--tasks",
-            TASK,
-            "--include_path",
-            str(tasks),
-            "--output_path",
-            str(out),
-        ],
-        env=offline_env(gpt2_bpe_dir),
+        [*command, "--model_args", model_args, "--tasks", TASK, "--include_path", str(tasks)]
+        + ["--output_path", str(out)],
+        env=offline_env(bpe),
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_lm_eval_cli_runs_torchgpt_models(model_file, gpt2_bpe_dir, tmp_path):
+    tasks = write_task(tmp_path / "tasks")
+    out = tmp_path / "out"
+    stdout = lm_eval(
+        [str(BIN / "torchgpt-lm-eval"), "--model", "torchgpt"],
+        f"pretrained={model_file}",
+        tasks,
+        out,
+        gpt2_bpe_dir,
+    )
     ours = _results(out)
     # The harness's own table, printed by its own CLI.
-    assert f"|{TASK}" in proc.stdout.replace(" ", "") and "acc" in proc.stdout
+    assert f"|{TASK}" in stdout.replace(" ", "") and "acc" in stdout
     from torchgpt.eval import run_harness_eval
     from torchgpt.eval.loading import load_model
 
@@ -194,24 +195,7 @@ def test_dcp_to_torch_hf_folder_works_in_transformers_and_lm_eval(
         ),
     ):
         out = tmp_path / f"out-{name}"
-        run = subprocess.run(
-            [
-                *cmd,
-                "--model_args",
-                model_args,
-                "--tasks",
-                TASK,
-                "--include_path",
-                str(tasks),
-                "--output_path",
-                str(out),
-            ],
-            env=offline_env(gpt2_bpe_dir),
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-        assert run.returncode == 0, run.stderr[-3000:]
+        lm_eval(cmd, model_args, tasks, out, gpt2_bpe_dir)
         results[name] = _results(out)
     for metric in ("acc,none", "acc_norm,none"):
         assert results["torchgpt"][metric] == pytest.approx(results["hf"][metric], abs=1e-6)

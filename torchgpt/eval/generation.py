@@ -79,13 +79,13 @@ class Generator:
     def _stopped(self, out: list[int], until: list[str]) -> bool:
         return any(stop and stop in self.decode(out) for stop in until)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def one(self, context: str, kwargs: dict[str, Any]) -> str:
         """One request, sampled or greedy, with its own seeded generator."""
         s = self._settings(kwargs)
         prompt = self._prompt(context, s["max_new"])
         tokens = torch.tensor([prompt], device=self.device)
-        cache = KVCache(self.model.args.n_layers, self.model.args.max_seq_len)
+        cache = KVCache(self.model.args.n_layers, len(prompt) + s["max_new"])  # what it can hold
         with head_on_rows(self.model, torch.tensor([len(prompt) - 1], device=self.device)):
             logits = self.model(tokens, kv_cache=cache, start_pos=0)  # (1, 1, V): last token
         generator = torch.Generator(device=self.device).manual_seed(s["seed"])
@@ -100,7 +100,7 @@ class Generator:
             logits = self.model(token[:, None], kv_cache=cache, start_pos=len(prompt) + step)
         return postprocess_generated_text(self.decode(out), s["until"], None)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def batch(self, contexts: list[str], kwargs: dict[str, Any]) -> list[str]:
         """Greedy decoding of `contexts` together (left-padded), each stopping on its own."""
         s = self._settings(kwargs)
@@ -110,7 +110,7 @@ class Generator:
         tokens = torch.tensor(
             [[EOT_ID] * (width - len(p)) + p for p in prompts], device=self.device
         )
-        cache = KVCache(self.model.args.n_layers, self.model.args.max_seq_len)
+        cache = KVCache(self.model.args.n_layers, width + s["max_new"])  # no more is ever written
         last = torch.arange(len(prompts), device=self.device) * width + width - 1
         with head_on_rows(self.model, last):  # the prefill's lm-head on each row's last token
             logits = self.model(tokens, kv_cache=cache, start_pos=0, pad=pad)
