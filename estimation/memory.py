@@ -3,7 +3,8 @@
 Counts the tensors alive at the candidate peak moments of a steady-state step (optimizer
 state already allocated): the start of the last micro-batch's backward (all saved activations
 plus the logits / cross-entropy buffers), the backward of the last block, FSDP2's reduce-scatter
-of the root group (embeddings) at the end of backward, and the optimizer step. Parameter counts
+of the root group (embeddings) at the end of backward, and the optimizer step (AdamW, or Muon
+with AdamW for the non-matrix parameters: optimizer.name). Parameter counts
 come from
 torchgpt.model.args (`num_params`, `num_matmul_params`); activations are listed tensor by tensor
 as autograd saves them in torchgpt.model.gpt (see `saved_bytes_per_token`).
@@ -14,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+
+import torch
 
 from estimation.plan import TrainingPlan
 from torchgpt.model.args import ModelArgs, num_matmul_params, num_params
@@ -153,14 +156,37 @@ def block_params(args: ModelArgs) -> int:
     return num_params(one, padded_vocab=True) - num_params(zero, padded_vocab=True)
 
 
+def muon_matrix_shapes(args: ModelArgs) -> list[tuple[int, int]]:
+    """Shapes of the matrices Muon updates (torchgpt.muon.muon_parameter_names), all blocks."""
+    from torchgpt.model.gpt import Block
+
+    with torch.device("meta"):
+        block = Block(args)
+    return [tuple(p.shape) for p in block.parameters() if p.dim() == 2] * args.n_layers
+
+
 def _resident(plan: TrainingPlan) -> list[MemoryItem]:
-    """Tensors alive for the whole run: fp32 master weights and AdamW moments (sharded)."""
+    """Tensors alive for the whole run: fp32 master weights and the optimizer state (sharded):
+    AdamW's exp_avg + exp_avg_sq, or with Muon one fp32 momentum buffer for the blocks'
+    matrices and AdamW's two moments for the rest."""
     n_local = math.ceil(num_params(plan.args, padded_vocab=True) / plan.shard_degree)
     shard = f" / {plan.shard_degree}" if plan.shard_degree > 1 else ""
-    items = [
-        MemoryItem(f"fp32 master weights{shard}", "parameters", 4 * n_local),
-        MemoryItem(f"AdamW exp_avg + exp_avg_sq (fp32){shard}", "optimizer state", 8 * n_local),
-    ]
+    items = [MemoryItem(f"fp32 master weights{shard}", "parameters", 4 * n_local)]
+    if plan.optimizer_name == "muon":
+        n_muon = sum(r * c for r, c in muon_matrix_shapes(plan.args))
+        muon_local = math.ceil(n_muon / plan.shard_degree)
+        items += [
+            MemoryItem(f"Muon momentum (fp32){shard}", "optimizer state", 4 * muon_local),
+            MemoryItem(
+                f"AdamW exp_avg + exp_avg_sq (fp32), non-Muon{shard}",
+                "optimizer state",
+                8 * (n_local - muon_local),
+            ),
+        ]
+    else:
+        items.append(
+            MemoryItem(f"AdamW exp_avg + exp_avg_sq (fp32){shard}", "optimizer state", 8 * n_local)
+        )
     if plan.ddp:
         # DDP copies gradients into flat buckets covering every parameter (no bucket views).
         items.append(MemoryItem("DDP gradient buckets (fp32)", "gradients", 4 * n_local))
@@ -277,7 +303,26 @@ def _optimizer_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
     )
     if plan.optimizer_implementation == "foreach":
         items.append(MemoryItem("foreach AdamW temporary", "transient", 4 * n_local))
+    if plan.optimizer_name == "muon":
+        items.append(MemoryItem("Muon update of the largest matrix", "transient", _muon_peak(plan)))
     return items
+
+
+def _muon_peak(plan: TrainingPlan) -> int:
+    """Temporaries of torchgpt.muon's step for its largest matrix (r x c, one at a time):
+    the Nesterov update (fp32, local shard), its all-gathered copy when sharded, then inside
+    torch's Newton-Schulz the bf16 iterate twice (old and new) beside the Gram matrix and its
+    update (m x m, m = min(r, c)); or, when sharded, after it the bf16 result, its fp32 copy
+    and the shard distribute_tensor copies out of it. Matches the tracker's peak of the step
+    exactly (tests/unit/test_estimation_memory.py)."""
+    peak = 0
+    for r, c in muon_matrix_shapes(plan.args):
+        n, local = r * c, math.ceil(r / plan.shard_degree) * c
+        gathered = 4 * n if plan.fsdp else 0
+        newton_schulz = 2 * n * 2 + 2 * min(r, c) ** 2 * 2
+        after = 2 * n + 4 * n + 4 * local if plan.fsdp else 0
+        peak = max(peak, 4 * local + gathered + max(newton_schulz, after))
+    return peak
 
 
 def analytic_memory(plan: TrainingPlan) -> MemoryEstimate:
@@ -299,7 +344,7 @@ def analytic_memory(plan: TrainingPlan) -> MemoryEstimate:
         moments["FSDP2 root reduce-scatter, end of backward"] = _root_reduce_moment(plan, b)
     name, items = max(moments.items(), key=lambda kv: sum(i.nbytes for i in kv[1]))
     notes = [
-        "steady-state step: AdamW state already allocated (every step after the first)",
+        "steady-state step: optimizer state already allocated (every step after the first)",
         f"precision: {plan.precision_mode}; CPU/GPU kernels may save slightly different extras",
     ]
     return MemoryEstimate("analytic", sum(i.nbytes for i in items), name, items, notes)

@@ -44,6 +44,7 @@ class TrainingPlan:
     compile_enable: bool
     max_norm: float = 1.0
     optimizer_implementation: Literal["auto", "fused", "foreach", "for-loop"] = "auto"
+    optimizer_name: Literal["adamw", "muon"] = "adamw"
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> TrainingPlan:
@@ -75,6 +76,7 @@ class TrainingPlan:
             compile_enable=cfg.compile.enable,
             max_norm=t.max_norm,
             optimizer_implementation=cfg.optimizer.implementation,
+            optimizer_name=cfg.optimizer.name,
         )
         plan.check_batch()
         return plan

@@ -43,6 +43,8 @@ def build_module(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0)
         compile_enable=False,
         reshard_after_forward=plan.reshard_after_forward,
         optimizer_implementation=plan.optimizer_implementation,
+        # Memory does not depend on Muon's lr / momentum / steps: the defaults.
+        muon={"muon_lr": 0.02} if plan.optimizer_name == "muon" else None,
         total_steps=plan.steps,
         init_on_meta=not fake,
     )
@@ -90,7 +92,8 @@ def run_train_step(
 def prime_optimizer_state(module: TrainModule) -> None:
     """Allocate the optimizer state with one update on zero gradients, then drop the gradients.
 
-    Leaves exactly the steady-state residents (parameters + exp_avg + exp_avg_sq + step)
+    Leaves exactly the steady-state residents (parameters + the optimizer state: AdamW's
+    exp_avg + exp_avg_sq + step, or Muon's momentum buffers for its matrices)
     that every step after the first starts from.
     """
     for p in module.model.parameters():

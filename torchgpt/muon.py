@@ -147,5 +147,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
                 adjusted = _adjust_lr(group["lr"], group["adjust_lr_fn"], p.shape)
                 p.mul_(1 - group["lr"] * group["weight_decay"])
                 p.add_(ortho, alpha=-adjusted)
+                # Free this matrix's temporaries before the next one allocates its own.
+                del update, full, ortho
         self._adamw.step()
         return None

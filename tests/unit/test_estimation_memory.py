@@ -4,15 +4,27 @@ and the trace of the 100M recipe staying far below its own estimate in real RSS.
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.distributed._tools.mem_tracker import MemTracker
 
-from estimation.memory import analytic_memory, element_bytes, saved_bytes_per_token
+from estimation.memory import (
+    _optimizer_moment,
+    analytic_memory,
+    element_bytes,
+    muon_matrix_shapes,
+    saved_bytes_per_token,
+)
 from estimation.plan import TrainingPlan
-from estimation.trace import trace_memory
+from estimation.step import build_module, prime_optimizer_state
+from estimation.trace import _init_fake_process_group, trace_memory
 from torchgpt.config_manager import load_config
 from torchgpt.model.args import num_params
 
@@ -34,6 +46,9 @@ def plan_for(overrides: list[str], nproc: int = 1, config: Path = DEBUG) -> Trai
         (["--activation_checkpoint.mode=full", "--training.mixed_precision=fp32"], 2),
         (["--model.flavor=debug-modern", "--activation_checkpoint.mode=selective"], 1),
         (["--activation_checkpoint.mode=full", "--training.global_batch_tokens=4096"], 2),
+        # Muon: one momentum buffer for the blocks' matrices instead of AdamW's two moments
+        (["--optimizer.name=muon", "--training.global_batch_tokens=8192"], 2),
+        (["--optimizer.name=muon", "--model.flavor=debug-modern"], 1),
     ],
 )
 def test_analytic_matches_trace(overrides: list[str], nproc: int) -> None:
@@ -58,6 +73,58 @@ def test_resident_terms_are_exact_and_sharded() -> None:
     tokens, v = plan.tokens_per_micro_batch, plan.args.vocab_size
     ce = next(i for i in est.items if i.name.startswith("cross-entropy"))
     assert ce.nbytes == tokens * 12 * v
+
+
+@pytest.mark.parametrize("flavor", ["debug", "debug-modern"])
+def test_muon_resident_state_is_one_buffer_for_the_muon_matrices(flavor: str) -> None:
+    from torchgpt.model.gpt import GPT
+    from torchgpt.muon import muon_parameter_names
+
+    muon = plan_for([f"--model.flavor={flavor}", "--optimizer.name=muon"], 2)
+    adamw = plan_for([f"--model.flavor={flavor}", "--optimizer.name=adamw"], 2)
+    # The estimator's Muon matrices are the optimizer's own split of a real model.
+    with torch.device("meta"):
+        model = GPT(muon.args)
+    params = dict(model.named_parameters())
+    n_muon = sum(params[name].numel() for name in muon_parameter_names(model)[0])
+    assert n_muon == sum(r * c for r, c in muon_matrix_shapes(muon.args)) > 0
+    n = num_params(muon.args, padded_vocab=True)
+    local, muon_local = math.ceil(n / 2), math.ceil(n_muon / 2)  # sharded over 2 ranks
+    state = analytic_memory(muon).by_category()["optimizer state"]
+    assert state == 4 * muon_local + 8 * (local - muon_local)
+    assert analytic_memory(adamw).by_category()["optimizer state"] - state == 4 * muon_local
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_muon_step_temporaries_match_the_tracker(nproc: int) -> None:
+    # The optimizer step alone, traced on a model whose gradients are all present: its peak
+    # above the residents is the analytic "Muon update of the largest matrix" item, exactly.
+    plan = plan_for(
+        ["--model.flavor=debug-modern", "--optimizer.name=muon", "--training.micro_batch_size=1"],
+        nproc,
+    )
+    if nproc > 1:
+        _init_fake_process_group(nproc)
+    try:
+        mesh = plan.dims.build_mesh("cpu")
+        with FakeTensorMode():
+            module = build_module(plan, mesh, fake=True)
+            prime_optimizer_state(module)
+            for p in module.model.parameters():
+                p.grad = torch.zeros_like(p)
+            tracker = MemTracker()
+            tracker.track_external(module.model, module.optimizer)
+            with tracker:
+                module.optimizer.step()
+    finally:
+        if nproc > 1:
+            dist.destroy_process_group()
+    peak, now = (
+        sum(d["Total"] for d in tracker.get_tracker_snapshot(when).values())
+        for when in ("peak", "current")
+    )
+    step = {i.name: i.nbytes for i in _optimizer_moment(plan, element_bytes(plan))}
+    assert peak - now == step["Muon update of the largest matrix"] > 0
 
 
 def test_no_accumulation_means_no_gradients_at_the_loss_peak() -> None:
