@@ -36,8 +36,13 @@ def test_muon_losses_match_single_process(reference, token_shards, tmp_path, wor
     )
     losses = read_metrics(tmp_path / "run")
     assert len(losses) == len(reference) == 10
-    # Step 1's loss is before any update; step 2's is after one Muon step on sharded weights.
-    assert losses == pytest.approx(reference, rel=1e-5)
+    # Step 1's loss is before any update; step 2's is after one Muon step on sharded weights:
+    # one step matches within 1e-5. Later steps drift further apart: the layouts reduce the
+    # fp32 gradients in another order, and Newton-Schulz runs in bf16 (torch.optim.Muon's
+    # choice), where a last-bit difference can round to the other side. Measured by step 10 on
+    # an AMX Xeon: FSDP2 0.97e-5, DDP 1.19e-5, HSDP 1.90e-5 relative (under 1e-5 on an AMD EPYC).
+    assert losses[:2] == pytest.approx(reference[:2], rel=1e-5)
+    assert losses == pytest.approx(reference, rel=5e-5)
     assert reference[-1] < reference[0] - 0.5  # it trains
 
 
