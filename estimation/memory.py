@@ -156,13 +156,23 @@ def block_params(args: ModelArgs) -> int:
     return num_params(one, padded_vocab=True) - num_params(zero, padded_vocab=True)
 
 
-def muon_matrix_shapes(args: ModelArgs) -> list[tuple[int, int]]:
-    """Shapes of the matrices Muon updates (torchgpt.muon.muon_parameter_names), all blocks."""
-    from torchgpt.model.gpt import Block
+_MUON_SHAPES: dict[str, list[tuple[int, int]]] = {}
 
-    with torch.device("meta"):
-        block = Block(args)
-    return [tuple(p.shape) for p in block.parameters() if p.dim() == 2] * args.n_layers
+
+def muon_matrix_shapes(args: ModelArgs) -> list[tuple[int, int]]:
+    """Shapes of the matrices Muon updates, all blocks: the optimizer's own split
+    (torchgpt.muon.muon_parameter_names) of a one-block model on the meta device, cached per
+    architecture (auto sizing evaluates many plans of one model)."""
+    key = repr(args)
+    if key not in _MUON_SHAPES:
+        from torchgpt.model.gpt import GPT
+        from torchgpt.muon import muon_parameter_names
+
+        with torch.device("meta"):
+            model = GPT(dataclasses.replace(args, n_layers=1))
+        params = dict(model.named_parameters())
+        _MUON_SHAPES[key] = [tuple(params[n].shape) for n in muon_parameter_names(model)[0]]
+    return _MUON_SHAPES[key] * args.n_layers
 
 
 def _resident(plan: TrainingPlan) -> list[MemoryItem]:
