@@ -96,9 +96,11 @@ class Training:
     """Tokens per sequence (<= the flavor's max_seq_len)."""
     max_norm: float = 1.0
     """Clip the global gradient norm to this value (<= 0 disables clipping)."""
-    mixed_precision: Literal["bf16", "fp32"] = "bf16"
+    mixed_precision: Literal["auto", "bf16", "fp32"] = "auto"
     """bf16: FSDP2 MixedPrecisionPolicy (bf16 compute, fp32 master weights and reduction) or
-    autocast on one device."""
+    autocast on one device. auto: bf16 on a CUDA device with bf16 support and on a CPU with bf16
+    matmul instructions (AVX512-BF16, AMX), else fp32 (on an AVX2-only CPU bf16 runs ~65x slower
+    than fp32); resolved at start, logged with its reason, recorded in config.json."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """What a NaN/Inf loss does: stop with an error naming the step, or skip that optimizer step."""
     device_memory_gib: float = 0.0
@@ -149,6 +151,11 @@ class LRScheduler:
     test's sweep, rising from min_lr_ratio * lr at step 1 to lr at the last (no warmup)."""
     min_lr_ratio: float = 0.1
     """Final lr as a fraction of the peak (0.1 as in Chinchilla / GPT-3)."""
+    on_steps_change: Literal["stretch", "keep_end"] = "stretch"
+    """A resume with another training.steps (checkpoint.allow_change training.steps): stretch
+    re-spreads the decay to end at the new last step (a longer run's lr jumps back up at the
+    resume step); keep_end keeps the checkpoint's decay end and holds the minimum lr for the
+    extra steps (no jump). Either way the old and new schedule are logged."""
 
 
 @dataclass
@@ -285,3 +292,11 @@ class JobConfig:
         """Micro-steps per optimizer step so that one step sees global_batch_tokens tokens."""
         t = self.training
         return grad_accum_steps(t.global_batch_tokens, t.micro_batch_size, t.seq_len, dp_degree)
+
+    def step_text(self, dp_degree: int) -> str:
+        """e.g. '524,288 tokens (4 micro-steps of 16 x 1024 per rank, 8 ranks)'."""
+        t, accum = self.training, self.grad_accum_steps(dp_degree)
+        return (
+            f"{t.global_batch_tokens:,} tokens ({accum} micro-steps of {t.micro_batch_size} x "
+            f"{t.seq_len} per rank, {dp_degree} ranks)"
+        )
