@@ -7,8 +7,11 @@ python tools/eval.py RUN_DIR/checkpoints/step-500 --tasks hellaswag --limit 200 
 python tools/eval.py model.pt --out results/ --tasks none
 
 Offline, --data-dir points the harness's stock tasks at local files in the hub schema; any other
-harness task name works with hub access. Each checkpoint's results go to RUN_DIR/eval/step-N.json
-(or --out DIR); tools/report.py RUN_DIR turns them into the report.
+harness task name works with hub access. The GPT-2 tokenizer files come from --tokenizer-dir,
+$TORCHGPT_GPT2_BPE_DIR or $TORCHGPT_SHARED_DIR/tokenizers/gpt2 (else the network); a failure to
+fetch them is one error line and exit code 2, found before any checkpoint is loaded. Each
+checkpoint's results go to RUN_DIR/eval/step-N.json (or --out DIR); tools/report.py RUN_DIR turns
+them into the report.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
         "task names then work in --tasks",
     )
     har.add_argument("--batch-size", type=_count, default=16)
+    p.add_argument(
+        "--tokenizer-dir",
+        metavar="DIR",
+        help="GPT-2 BPE files (vocab.bpe, encoder.json); default $TORCHGPT_GPT2_BPE_DIR, else\n"
+        "$TORCHGPT_SHARED_DIR/tokenizers/gpt2, else the network",
+    )
     smp = p.add_argument_group("samples")
     smp.add_argument("--prompts", help="prompts TOML (default configs/eval_prompts.toml)")
     smp.add_argument("--no-samples", action="store_true")
@@ -92,6 +101,7 @@ def _options(args: argparse.Namespace, argv: list[str]) -> EvalOptions:
         data_dir=args.data_dir,
         include_paths=args.include_path,
         batch_size=args.batch_size,
+        tokenizer_dir=args.tokenizer_dir,
         prompts_file=args.prompts,
         no_samples=args.no_samples,
         out_dir=args.out,

@@ -12,8 +12,10 @@ python tools/push_to_hub.py outputs/reference --repo-id me/torchgpt-ref --card M
 python tools/push_to_hub.py outputs/reference --repo-id me/torchgpt-ref --card MODEL_CARD.md
 
 Uploading needs network access and a token (`huggingface-cli login` or HF_TOKEN); --dry-run
-stages and checks only. The staging folder is written under a temporary name and renamed, so an
-interrupted run never leaves a half-staged folder behind.
+stages and checks only. The staging folder is written under a temporary name and renamed, so a
+failed or interrupted run never leaves a half-staged folder behind. The GPT-2 tokenizer files
+come from --tokenizer-dir, $TORCHGPT_GPT2_BPE_DIR or $TORCHGPT_SHARED_DIR/tokenizers/gpt2 (else
+the network); a failure to fetch them, or to reach the Hub, is one error line and exit code 2.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from torchgpt.checkpoint import load_model_from_checkpoint
-from torchgpt.data.tokenizer import get_tokenizer
+from torchgpt.data.tokenizer import get_tokenizer, hub_unreachable
 from torchgpt.model.gpt import GPT
 
 REPORT_FILES = ("BENCHMARK.md", "LOSS_CURVE.png", "SAMPLES.md")
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--license", default="bsd-3-clause", help="Hub license id for the card")
     p.add_argument("--private", action="store_true")
     p.add_argument("--dry-run", action="store_true", help="stage and check, do not upload")
+    p.add_argument(
+        "--tokenizer-dir",
+        metavar="DIR",
+        help="GPT-2 BPE files (vocab.bpe, encoder.json); default $TORCHGPT_GPT2_BPE_DIR, else\n"
+        "$TORCHGPT_SHARED_DIR/tokenizers/gpt2, else the network",
+    )
     return p
 
 
@@ -84,14 +92,14 @@ def find_card(card: str | None, meta: dict) -> Path:
     return path
 
 
-def check_staged(stage: Path, model: GPT, atol: float = 1e-4) -> float:
+def check_staged(stage: Path, model: GPT, atol: float = 1e-4, bpe_dir: str | None = None) -> float:
     """Load the staged folder with transformers; its tokens and logits must match torchgpt's.
 
     Returns the largest absolute logit difference.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    ids = get_tokenizer().encode_ordinary(CHECK_TEXT)
+    ids = get_tokenizer(bpe_dir).encode_ordinary(CHECK_TEXT)
     hf_ids = AutoTokenizer.from_pretrained(stage)(CHECK_TEXT)["input_ids"]
     if hf_ids != ids:
         raise ValueError(
@@ -110,8 +118,10 @@ def check_staged(stage: Path, model: GPT, atol: float = 1e-4) -> float:
 
 def stage(args: argparse.Namespace) -> tuple[Path, dict]:
     """Write and check the staging folder; return it and a summary."""
-    from torchgpt.eval.hf_export import write_hf_folder  # needs transformers
+    from torchgpt.eval.hf_export import load_gpt2_tokenizer  # needs transformers
 
+    get_tokenizer(args.tokenizer_dir)  # both tokenizers before the slow work
+    tokenizer = load_gpt2_tokenizer(args.tokenizer_dir)
     model, meta = load_model_from_checkpoint(args.checkpoint, args.which)
     card = find_card(args.card, meta)
     final = Path(args.stage) if args.stage else Path(tempfile.mkdtemp(prefix="torchgpt-hub-"))
@@ -121,11 +131,30 @@ def stage(args: argparse.Namespace) -> tuple[Path, dict]:
         )
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        summary = _stage_into(tmp, args, model, meta, card, tokenizer)
+    except BaseException:  # Ctrl-C included: no half-staged folder, no empty temporary one
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.stage:
+            shutil.rmtree(final, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    return final, summary
+
+
+def _stage_into(
+    tmp: Path, args: argparse.Namespace, model: GPT, meta: dict, card: Path, tokenizer: object
+) -> dict:
+    """Write the staging folder's files into `tmp` and check them; return the summary."""
+    from torchgpt.eval.hf_export import write_hf_folder
+
     body = card.read_text(encoding="utf-8")
     write_hf_folder(
         model,
         tmp,
         dtype=_DTYPES[args.dtype],
+        tokenizer=tokenizer,
         card=hub_header(args.repo_id, args.license, meta) + body,
     )
     for name in REPORT_FILES:
@@ -139,15 +168,16 @@ def stage(args: argparse.Namespace) -> tuple[Path, dict]:
         "card": str(card),
     }
     (tmp / "torchgpt_source.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    summary["max_logit_diff"] = check_staged(tmp, model)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    return final, summary
+    summary["max_logit_diff"] = check_staged(tmp, model, bpe_dir=args.tokenizer_dir)
+    return summary
 
 
 def upload(folder: Path, repo_id: str, private: bool, step: int | None) -> str:
     from huggingface_hub import HfApi
 
+    offline = hub_unreachable()  # one probe, not huggingface_hub's retries with backoff
+    if offline:
+        raise OSError(offline)
     api = HfApi()
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(
@@ -177,12 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = upload(folder, args.repo_id, args.private, summary["step"])
     except Exception as e:  # network, auth, permissions: say so, keep the staged folder
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
         print(
-            f"error: upload to {args.repo_id} failed ({e}); the staged folder {folder} is "
-            "intact: fix the token/network and rerun, or upload it yourself",
+            f"error: upload to {args.repo_id} failed ({reason}); the staged folder {folder} is "
+            "complete and checked: fix the token/network and rerun, or upload it yourself",
             file=sys.stderr,
         )
-        return 1
+        return 2
     print(f"uploaded: {url}")
     return 0
 

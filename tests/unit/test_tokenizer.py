@@ -21,6 +21,7 @@ def fresh_cache(tmp_path, monkeypatch):
     """An empty tiktoken cache, no env-provided BPE folder, and no in-process encoding cache."""
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv(tok.BPE_DIR_ENV, raising=False)
+    monkeypatch.delenv(tok.SHARED_DIR_ENV, raising=False)
     monkeypatch.setattr(tiktoken.registry, "ENCODINGS", {})
     monkeypatch.setattr(tok, "_ENCODING", None)
     return tmp_path / "cache"
@@ -94,11 +95,13 @@ def test_offline_and_not_seeded_says_so(fresh_cache, monkeypatch):
         raise requests.exceptions.ConnectionError(f"Failed to resolve host for {url}")
 
     monkeypatch.setattr(tiktoken.load, "read_file", offline)
-    with pytest.raises(RuntimeError) as err:
+    with pytest.raises(tok.TokenizerUnavailable) as err:
         tok.get_tokenizer()
     message = str(err.value)
     assert "not in the tiktoken cache" in message and str(fresh_cache) in message
-    assert tok.BPE_DIR_ENV in message and "Offline" in message
+    assert "offline" in message and "\n" not in message
+    assert tok.BPE_DIR_ENV in message and tok.SHARED_DIR_ENV in message
+    assert "--tokenizer-dir" in message
 
 
 def test_document_stream_matches_encode_ordinary(gpt2_bpe_dir):

@@ -1,8 +1,10 @@
 """GPT-2 BPE through tiktoken, usable offline.
 
-Owns the one place torchgpt obtains its tokenizer: it seeds tiktoken's file cache from a local
-folder holding the official `vocab.bpe` / `encoder.json` (hash-checked), turns tiktoken's
-network error into an error that says how to work offline, and caches the loaded rank table.
+Owns the one place torchgpt finds its tokenizer files (`resolve_bpe_dir`: a flag or config key,
+else $TORCHGPT_GPT2_BPE_DIR, else $TORCHGPT_SHARED_DIR/tokenizers/gpt2, else the network), seeds
+tiktoken's file cache from that folder of official `vocab.bpe` / `encoder.json` (hash-checked),
+turns a failed download into a one-line `TokenizerUnavailable`, and caches the loaded rank table.
+`hub_unreachable` asks the Hugging Face hub once, so callers can skip huggingface_hub's retries.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ VOCAB_SIZE = 50257
 EOT_ID = 50256  # <|endoftext|>: GPT-2 and llm.c put it before every document.
 
 BPE_DIR_ENV = "TORCHGPT_GPT2_BPE_DIR"
+SHARED_DIR_ENV = "TORCHGPT_SHARED_DIR"
+SHARED_BPE_SUBDIR = Path("tokenizers") / "gpt2"  # where the BPE files sit under $SHARED_DIR_ENV
+OFFLINE_HINT = (
+    f"offline, pass --tokenizer-dir DIR or set {BPE_DIR_ENV}=DIR (DIR holding vocab.bpe and "
+    f"encoder.json), or set {SHARED_DIR_ENV} to a folder holding {SHARED_BPE_SUBDIR}/ "
+    "(e.g. ../shared)"
+)
 
 # The URLs and sha256 sums tiktoken_ext/openai_public.py uses for `gpt2`; tiktoken caches each
 # file as $TIKTOKEN_CACHE_DIR/<sha1(url)> and checks the sha256 itself when it reads it.
@@ -40,6 +49,91 @@ GPT2_FILES: dict[str, str] = {
 _RANKS_FILE = "torchgpt-gpt2-ranks.tiktoken"
 _RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 _ENCODING: tiktoken.Encoding | None = None  # loaded once per process; forked workers inherit it
+
+
+class TokenizerUnavailable(ValueError):
+    """The GPT-2 BPE files are neither in a local folder nor cached, and fetching them failed.
+
+    A ValueError because, like a bad path, the user fixes it (network, or the offline folder);
+    every tool already turns ValueError into one `error:` line and exit code 2.
+    """
+
+
+def resolve_bpe_dir(bpe_dir: str | os.PathLike | None = None) -> Path | None:
+    """The folder the GPT-2 BPE files are read from, by the one rule every tool follows.
+
+    Order: `bpe_dir` (a tool's --tokenizer-dir, a config's tokenizer_dir), else
+    $TORCHGPT_GPT2_BPE_DIR, else $TORCHGPT_SHARED_DIR/tokenizers/gpt2; empty values count as
+    unset. A folder chosen here must hold the files (no silent fall-through to the network).
+
+    Returns:
+        That folder, or None: the caller fetches the files (tiktoken's cache or download, the
+        Hugging Face hub's `gpt2`).
+    """
+    return resolve_bpe_source(bpe_dir)[0]
+
+
+def resolve_bpe_source(bpe_dir: str | os.PathLike | None) -> tuple[Path | None, str]:
+    """`resolve_bpe_dir`'s folder (or None) and where it came from, for error messages."""
+    if bpe_dir:
+        return Path(bpe_dir).expanduser(), "given as --tokenizer-dir / tokenizer_dir"
+    if os.environ.get(BPE_DIR_ENV):
+        return Path(os.environ[BPE_DIR_ENV]).expanduser(), f"from ${BPE_DIR_ENV}"
+    if os.environ.get(SHARED_DIR_ENV):
+        shared = Path(os.environ[SHARED_DIR_ENV]).expanduser()
+        return shared / SHARED_BPE_SUBDIR, f"from ${SHARED_DIR_ENV}"
+    return None, "none set"
+
+
+def hub_unreachable(timeout_s: float = 10.0) -> str | None:
+    """Why the Hugging Face hub cannot be reached now, asked once with no retries.
+
+    huggingface_hub retries a failed connection 5 times per request with backoff: about 50 s
+    for the hub's `gpt2` tokenizer before transformers gives up (issue #27), 25 s for a dataset;
+    one probe tells the same at once, and the caller then reads only local caches.
+
+    Returns:
+        A short reason, or None when the hub answers, when HF_HUB_OFFLINE is set (the library
+        then asks the network nothing) or when huggingface_hub is not installed.
+    """
+    try:
+        from huggingface_hub import constants, get_session
+    except ImportError:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout_s)
+    except Exception as err:  # the session's transport errors (no DNS, refused, timeout)
+        return f"cannot reach {constants.ENDPOINT} ({type(err).__name__})"
+    return None
+
+
+def check_bpe_dir(bpe_dir: str | os.PathLike, origin: str = "") -> dict[str, Path]:
+    """The official `vocab.bpe` and `encoder.json` of `bpe_dir`, by name, after checking hashes.
+
+    Args:
+        bpe_dir: Folder holding both files.
+        origin: Where the folder came from, for the message (see `resolve_bpe_source`).
+
+    Raises:
+        ValueError: A file is missing or its sha256 differs from the official one.
+    """
+    bpe_dir = Path(bpe_dir)
+    where = f" (folder {origin})" if origin else ""
+    files = {}
+    for name, expected in GPT2_FILES.items():
+        src = bpe_dir / name
+        if not src.is_file():
+            raise ValueError(f"GPT-2 BPE file {src} does not exist{where}; {OFFLINE_HINT}")
+        actual = _sha256(src)
+        if actual != expected:
+            raise ValueError(
+                f"refusing GPT-2 BPE file {src}: sha256 {actual} is not the official {expected}; "
+                f"replace it with the file tiktoken's gpt2 encoding uses"
+            )
+        files[name] = src
+    return files
 
 
 def tiktoken_cache_dir() -> Path:
@@ -62,11 +156,12 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def seed_tiktoken_cache(bpe_dir: str | os.PathLike) -> Path:
+def seed_tiktoken_cache(bpe_dir: str | os.PathLike, origin: str = "") -> Path:
     """Copy the GPT-2 BPE files from `bpe_dir` into tiktoken's cache after checking their hashes.
 
     Args:
         bpe_dir: Folder with `vocab.bpe` and `encoder.json` (e.g. ../shared/tokenizers/gpt2).
+        origin: Where the folder came from, for the error message.
 
     Returns:
         The cache folder that now holds both files under tiktoken's names.
@@ -74,23 +169,10 @@ def seed_tiktoken_cache(bpe_dir: str | os.PathLike) -> Path:
     Raises:
         ValueError: A file is missing or its sha256 differs from the official one.
     """
-    bpe_dir = Path(bpe_dir)
     cache = tiktoken_cache_dir()
-    for name, expected in GPT2_FILES.items():
-        src = bpe_dir / name
-        if not src.is_file():
-            raise ValueError(
-                f"GPT-2 BPE file {src} does not exist; point data.tokenizer_dir / {BPE_DIR_ENV} "
-                f"at a folder holding both {' and '.join(GPT2_FILES)}"
-            )
-        actual = _sha256(src)
-        if actual != expected:
-            raise ValueError(
-                f"refusing GPT-2 BPE file {src}: sha256 {actual} is not the official {expected}; "
-                f"replace it with the file tiktoken's gpt2 encoding uses"
-            )
+    for name, src in check_bpe_dir(bpe_dir, origin).items():
         dst = cache / hashlib.sha1((_BPE_BASE_URL + name).encode()).hexdigest()
-        if dst.is_file() and _sha256(dst) == expected:
+        if dst.is_file() and _sha256(dst) == GPT2_FILES[name]:
             continue
         cache.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_name(f"{dst.name}.{uuid.uuid4().hex}.tmp")
@@ -145,11 +227,10 @@ def _load_with_tiktoken() -> tiktoken.Encoding:
     try:
         enc = tiktoken.get_encoding(TOKENIZER_NAME)
     except OSError as err:  # requests' ConnectionError and urllib's URLError are OSErrors
-        raise RuntimeError(
-            f"cannot load the GPT-2 tokenizer: its BPE files are not in the tiktoken cache "
-            f"{tiktoken_cache_dir()} and downloading them failed ({type(err).__name__}). "
-            f"Offline, set {BPE_DIR_ENV} (or data.tokenizer_dir) to a folder with vocab.bpe and "
-            f"encoder.json, e.g. ../shared/tokenizers/gpt2"
+        raise TokenizerUnavailable(
+            f"cannot load the GPT-2 tokenizer: vocab.bpe and encoder.json are not in the tiktoken "
+            f"cache {tiktoken_cache_dir()} and downloading them from {_BPE_BASE_URL} failed "
+            f"({type(err).__name__}); {OFFLINE_HINT}"
         ) from err
     _save_ranks(enc)
     return enc
@@ -159,19 +240,20 @@ def get_tokenizer(bpe_dir: str | os.PathLike | None = None) -> tiktoken.Encoding
     """Return the GPT-2 encoding (tiktoken `gpt2`), seeding tiktoken's cache from local files.
 
     Args:
-        bpe_dir: Folder with the official `vocab.bpe` and `encoder.json`; None reads the
-            TORCHGPT_GPT2_BPE_DIR environment variable; if that is unset too, tiktoken uses its
-            cache or downloads the files.
+        bpe_dir: Folder with the official `vocab.bpe` and `encoder.json`; None follows
+            `resolve_bpe_dir` ($TORCHGPT_GPT2_BPE_DIR, then $TORCHGPT_SHARED_DIR/tokenizers/gpt2);
+            with no folder at all, tiktoken uses its cache or downloads the files.
 
     Raises:
-        ValueError: The files in `bpe_dir` are missing or have the wrong hash.
-        RuntimeError: No local files, nothing cached and no network.
+        ValueError: The files of the chosen folder are missing or have the wrong hash.
+        TokenizerUnavailable: No local folder, nothing cached and the download failed.
     """
     global _ENCODING
-    if bpe_dir is None:
-        bpe_dir = os.environ.get(BPE_DIR_ENV) or None
-    if bpe_dir is not None:
-        seed_tiktoken_cache(bpe_dir)  # checks the given files even when already loaded
+    if bpe_dir is None and _ENCODING is not None:
+        return _ENCODING  # loaded (from checked files) by an earlier call: the env adds nothing
+    folder, origin = resolve_bpe_source(bpe_dir)
+    if folder is not None:
+        seed_tiktoken_cache(folder, origin)  # checks given files even when already loaded
     if _ENCODING is None:
         _ENCODING = _encoding_from_ranks() or _load_with_tiktoken()
     assert _ENCODING.n_vocab == VOCAB_SIZE and _ENCODING.eot_token == EOT_ID, "not gpt2"

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from torchgpt.data.tokenizer import get_tokenizer
 from torchgpt.eval.loading import Which, check_vocab, load_model
 from torchgpt.eval.results import (
     EVAL_DIR_NAME,
@@ -49,6 +50,8 @@ class EvalOptions:
     include_paths: list[str] = field(default_factory=list)
     """Folders of the user's own task YAMLs (lm-eval's --include_path)."""
     batch_size: int = 16
+    tokenizer_dir: str | None = None
+    """GPT-2 BPE folder (vocab.bpe, encoder.json); None follows resolve_bpe_dir (env, hub)."""
     prompts_file: str | None = None
     """Prompts TOML (default configs/eval_prompts.toml); samples are skipped when no_samples."""
     no_samples: bool = False
@@ -137,6 +140,8 @@ def evaluate_checkpoint(
     Raises:
         ValueError: bad checkpoint, missing data, unknown task, vocabulary mismatch.
     """
+    if options.tasks or not options.no_samples:  # the tokenizer first: a hub failure costs 0 s
+        get_tokenizer(options.tokenizer_dir)
     model, meta = load_model(path, which)
     out_path = _output_path(meta, options)  # fail before the slow work, not after
     check_vocab(model, source=meta["source"])
