@@ -4,6 +4,10 @@
 python tools/prepare_data.py --out data/fineweb_edu --max-tokens 1e9          # hub, streamed
 python tools/prepare_data.py --out data/openstax --input ../shared/data/text/openstax
 python tools/prepare_data.py --verify data/openstax
+
+Offline, the GPT-2 BPE files come from --tokenizer-dir, $TORCHGPT_GPT2_BPE_DIR or
+$TORCHGPT_SHARED_DIR/tokenizers/gpt2; a failure to fetch them (or to reach the hub dataset) is
+one error line and exit code 2, and a failed first run leaves no --out folder behind.
 """
 
 from __future__ import annotations
@@ -12,10 +16,13 @@ import argparse
 import logging
 import os
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
-from torchgpt.data.prepare import DEFAULT_VAL_FRACTION, PrepareConfig, prepare
+from torchgpt.data.prepare import DEFAULT_VAL_FRACTION, STATE_FILE, PrepareConfig, prepare
 from torchgpt.data.shards import verify_shards
+from torchgpt.data.tokenizer import hub_unreachable
 
 
 def _count(text: str) -> int:
@@ -61,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--tokenizer-dir",
-        help="folder with GPT-2 vocab.bpe + encoder.json "
-        "(default: env TORCHGPT_GPT2_BPE_DIR, else tiktoken)",
+        metavar="DIR",
+        help="folder with GPT-2 vocab.bpe + encoder.json (default $TORCHGPT_GPT2_BPE_DIR, else\n"
+        "$TORCHGPT_SHARED_DIR/tokenizers/gpt2, else tiktoken's cache or download)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
     return p
@@ -100,9 +108,19 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         command=command,
     )
+    out = Path(args.out)
+    created = not out.exists()
     try:
+        if not args.input and (unreachable := hub_unreachable()):
+            # datasets would first retry for about 25 s
+            raise RuntimeError(
+                f"cannot stream dataset {args.hf_dataset!r} from the hub ({unreachable}); "
+                "without network access, prepare local files with --input instead"
+            )
         prepare(cfg)
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, RuntimeError) as err:  # TokenizerUnavailable is a ValueError
+        if created and not (out / STATE_FILE).exists():
+            shutil.rmtree(out, ignore_errors=True)  # a failed first run: nothing to resume
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

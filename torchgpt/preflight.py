@@ -7,16 +7,23 @@ before torchrun starts a single worker, and nothing is written to the run folder
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from pathlib import Path
 
 from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import load_config
 
+logger = logging.getLogger("torchgpt")
 
-def check_data(cfg: JobConfig, *, checksums: bool = False) -> list[str]:
-    """Problems with `data.dataset_path`: manifest, shards, tokenizer, room for one window, and
-    (with `checksums` and data.verify_checksums) each shard's sha256 against the manifest."""
+
+def check_data(
+    cfg: JobConfig, *, checksums: bool = False, world_size: int | None = None
+) -> list[str]:
+    """Problems with `data.dataset_path`: manifest, shards, tokenizer, room for one window, the
+    val split against validation.tokens and the train split against one step (for this
+    launch's data-parallel degree, when world_size is known), and (with `checksums` and
+    data.verify_checksums) each shard's sha256 against the manifest."""
     from torchgpt.data.loader import open_split
     from torchgpt.model.args import get_model_args
 
@@ -40,7 +47,56 @@ def check_data(cfg: JobConfig, *, checksums: bool = False) -> list[str]:
                 f"but the largest train shard of {cfg.data.dataset_path} holds {max(sizes)}; "
                 "lower training.seq_len or prepare the data with a larger --shard-size"
             )
+            continue
+        problems += check_split_size(cfg, split, sizes, world_size)
     return problems
+
+
+def check_split_size(
+    cfg: JobConfig, split: str, shard_tokens: list[int], world_size: int | None
+) -> list[str]:
+    """The windows a split holds (cut as the loader cuts them: (n - 1) // seq_len per shard)
+    against what the run reads from it: val, validation.tokens as build_val_batches rounds it
+    for this layout; train, one optimizer step (global_batch_tokens)."""
+    from torchgpt.parallel.dims import ParallelDims
+
+    t, v, data = cfg.training, cfg.validation, cfg.data.dataset_path
+    windows = sum(max((n - 1) // t.seq_len, 0) for n in shard_tokens)
+    dp = ParallelDims.from_config(cfg.parallelism, world_size).dp_degree if world_size else 1
+    held = f"the {split} split of {data} holds {windows:,} windows of {t.seq_len + 1} tokens"
+    if split == "train":
+        need = t.global_batch_tokens // t.seq_len
+        if windows >= need:
+            return []
+        return [
+            f"data.dataset_path: {held} but one optimizer step reads {need:,} "
+            f"(training.global_batch_tokens={t.global_batch_tokens} / seq_len {t.seq_len}); "
+            "prepare more data (tools/prepare_data.py --max-tokens) or lower "
+            "training.global_batch_tokens"
+        ]
+    mb = v.micro_batch_size or t.micro_batch_size
+    if mb == "auto":  # chosen at start: the bound below holds for any micro-batch
+        need, per_batch = v.tokens // t.seq_len, t.seq_len * dp
+        layout = f"{dp} data-parallel rank(s), micro-batch auto"
+    else:
+        per_batch = t.seq_len * mb * dp
+        need = (v.tokens // per_batch) * mb * dp
+        layout = f"{dp} data-parallel rank(s) x micro-batch {mb}"
+    if v.tokens < per_batch:
+        return [
+            f"validation.tokens: {v.tokens} is less than one validation micro-batch per rank "
+            f"({per_batch} tokens at {layout}, seq_len {t.seq_len}); raise it to at least "
+            f"{per_batch}"
+        ]
+    if windows >= need:
+        return []
+    fits = windows // (per_batch // t.seq_len) * per_batch
+    return [
+        f"validation.tokens: {v.tokens:,} needs {need:,} windows at {layout} but {held} "
+        f"({windows * t.seq_len:,} tokens); lower validation.tokens to at most {fits:,} (a "
+        f"multiple of {per_batch:,}), or prepare the data with a larger --val-fraction / "
+        "--val-tokens"
+    ]
 
 
 def verify_shard_checksums(data_dir: str, split: str) -> list[str]:
@@ -115,15 +171,18 @@ MATH_KEYS = (
 )
 
 
+def saved_config(cfg: JobConfig) -> dict:
+    """The job config saved with the checkpoint this launch would resume ({} if fresh)."""
+    from torchgpt.checkpoint import layout
+
+    path, _ = _resume_target(cfg)
+    return layout.saved_config(path) if path is not None and path.is_dir() else {}
+
+
 def resume_changes(cfg: JobConfig) -> tuple[list[str], list[str]]:
     """(refused, allowed) changes of MATH_KEYS against the checkpoint this launch resumes,
     each as "key: saved -> now"; both empty when it starts fresh."""
-    path, _ = _resume_target(cfg)
-    if path is None or not path.is_dir():
-        return [], []
-    from torchgpt.checkpoint import layout
-
-    saved = ((layout.read_json(path / layout.INFO_NAME) or {}).get("extra") or {}).get("config")
+    saved = saved_config(cfg)
     if not saved:
         return [], []
     ours = cfg.to_dict()
@@ -131,10 +190,34 @@ def resume_changes(cfg: JobConfig) -> tuple[list[str], list[str]]:
     for key in MATH_KEYS:
         section, name = key.split(".")
         before, now = (saved.get(section) or {}).get(name), ours[section][name]
+        if now == "auto":  # training.mixed_precision: the Trainer compares it once resolved
+            continue
         if before is not None and before != now:
             change = f"{key}: {before!r} -> {now!r}"
             (allowed if key in cfg.checkpoint.allow_change else refused).append(change)
     return refused, allowed
+
+
+def _refusal(key: str, path: Path, refused: list[str]) -> str:
+    return (
+        f"{key}: resuming {path} with a config that changes the math: "
+        + "; ".join(refused)
+        + ". Restore those keys, allow the change with --checkpoint.allow_change "
+        + ",".join(c.split(":")[0] for c in refused)
+        + ", or start a new run with another job.name"
+    )
+
+
+def accepted_resume_changes(cfg: JobConfig) -> list[str]:
+    """The Trainer's check, once "auto" values are resolved and the checkpoint has loaded: raise
+    ConfigError on a refused change (as preflight does), log and return the allowed ones."""
+    refused, allowed = resume_changes(cfg)
+    if refused:
+        path, key = _resume_target(cfg)
+        raise ConfigError([_refusal(key, path, refused)])
+    for change in allowed:
+        logger.warning("resuming with a changed config (checkpoint.allow_change): %s", change)
+    return allowed
 
 
 def check_resume(cfg: JobConfig) -> list[str]:
@@ -161,13 +244,7 @@ def check_resume(cfg: JobConfig) -> list[str]:
             return [*problems, f"{key}: {problem}"]
     refused, _ = resume_changes(cfg)
     if refused:
-        problems.append(
-            f"{key}: resuming {path} with a config that changes the math: "
-            + "; ".join(refused)
-            + ". Restore those keys, allow the change with --checkpoint.allow_change "
-            + ",".join(c.split(":")[0] for c in refused)
-            + ", or start a new run with another job.name"
-        )
+        problems.append(_refusal(key, path, refused))
     info = layout.read_json(path / layout.INFO_NAME) or {}
     saved = info.get("extra", {}).get("model_args")
     if not saved:
@@ -194,7 +271,7 @@ def preflight(
     """Load and validate the config, then check data (shard hashes too with `checksums`) and
     resume; raises one ConfigError listing every problem."""
     cfg = load_config(toml_path, overrides, world_size=world_size)
-    problems = check_data(cfg, checksums=checksums) + check_resume(cfg)
+    problems = check_data(cfg, checksums=checksums, world_size=world_size) + check_resume(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
