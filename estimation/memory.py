@@ -2,7 +2,8 @@
 
 Counts the tensors alive at the candidate peak moments of a steady-state step (optimizer
 state already allocated): the start of the last micro-batch's backward (all saved activations
-plus the logits / cross-entropy buffers), the backward of the last block, FSDP2's reduce-scatter
+plus the loss's (B*T, V) buffers: the fused loss's when compiled, eager fp32 otherwise), the
+backward of the lm-head, the backward of the last block, FSDP2's reduce-scatter
 of the root group (embeddings) at the end of backward, and the optimizer step (AdamW, or Muon
 with AdamW for the non-matrix parameters: optimizer.name). Parameter counts
 come from
@@ -250,17 +251,55 @@ def _loss_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
     """Start of the last micro-batch's backward: the cross-entropy gradient is being formed."""
     args, tok = plan.args, plan.tokens_per_micro_batch
     blocks, _ = _blocks_saved(plan, b)
-    v = args.vocab_size
     items = _resident(plan) + _accumulated_grads(plan)
     items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
     items.append(
         MemoryItem("final norm, lm-head input, tokens", "activations", tok * _head_saved(args, b))
     )
     items += _gathered_params(plan, b, in_backward=False) + _autocast_weight_copies(plan)
-    # The (B*T x Vp) logits are gone by now: the TrainModule drops its reference before
-    # backward and no op saved them. fp32 log_softmax output (saved), grad of nll_loss, grad of
-    # log_softmax: 3 x (B*T, V) fp32.
-    items.append(MemoryItem("cross-entropy fp32 buffers (3 x B*T x V)", "transient", tok * 12 * v))
+    items.append(_loss_buffers(plan, b))
+    return items
+
+
+def _loss_buffers(plan: TrainingPlan, b: _Bytes) -> MemoryItem:
+    """The loss's (B*T, V) tensors at the start of its backward, for the loss the step runs.
+
+    compile on: torchgpt.train_module's fused cross-entropy (compiled with the model) saves the
+    padded logits in their compute dtype (bf16 under bf16) and its backward writes their
+    gradient in the same dtype, one fused pass each: 2 x B*T x Vp x compute bytes, no fp32 copy.
+    compile off: eager F.cross_entropy on the sliced logits upcast to fp32; the logits
+    themselves are gone (the TrainModule drops its reference and no op saved them), leaving the
+    fp32 log_softmax output (saved), the grad of nll_loss and the grad of log_softmax:
+    3 x B*T x V x 4 bytes."""
+    tok, args = plan.tokens_per_micro_batch, plan.args
+    if plan.compile_enable:
+        name = f"fused loss: logits + their grad (2 x B*T x Vp, {b.compute} B)"
+        return MemoryItem(name, "transient", tok * 2 * b.compute * args.padded_vocab_size)
+    return MemoryItem(
+        "cross-entropy fp32 buffers (3 x B*T x V)", "transient", tok * 12 * args.vocab_size
+    )
+
+
+def _lm_head_backward_moment(plan: TrainingPlan, b: _Bytes) -> list[MemoryItem]:
+    """Backward of the lm-head matmul, right after the loss's: the logits' gradient (compute
+    dtype with the fused loss, fp32 eager) beside the head weight's gradient in the matmul's
+    dtype and, under autocast, its fp32 copy through the cast's backward. The peak only where
+    the loss buffers are small next to the weights (a short micro-batch of a small model)."""
+    args, tok = plan.args, plan.tokens_per_micro_batch
+    blocks, _ = _blocks_saved(plan, b)
+    vp, d = args.padded_vocab_size, args.dim
+    items = _resident(plan) + _accumulated_grads(plan)
+    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
+    items.append(
+        MemoryItem("final norm, lm-head input, tokens", "activations", tok * _head_saved(args, b))
+    )
+    items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
+    grad_logits = (b.compute if plan.compile_enable else 4) * tok * vp
+    items.append(MemoryItem("grad of the logits (B*T x Vp)", "transient", grad_logits))
+    weight_grad = b.param_compute * vp * d + b.compute * tok * d  # + the grad of its input
+    items.append(MemoryItem("lm-head weight + input grads", "transient", weight_grad))
+    if plan.precision_mode == "autocast-bf16":
+        items.append(MemoryItem("lm-head weight grad upcast to fp32", "transient", 4 * vp * d))
     return items
 
 
@@ -347,6 +386,7 @@ def analytic_memory(plan: TrainingPlan) -> MemoryEstimate:
     b = element_bytes(plan)
     moments = {
         "loss backward, last micro-batch": _loss_moment(plan, b),
+        "lm-head backward, last micro-batch": _lm_head_backward_moment(plan, b),
         "backward of the last block": _block_backward_moment(plan, b),
         "optimizer step": _optimizer_moment(plan, b),
     }

@@ -69,7 +69,8 @@ class TrainingPlan:
             seq_len=t.seq_len,
             global_batch_tokens=t.global_batch_tokens,
             steps=t.steps,
-            mixed_precision=t.mixed_precision,
+            # "auto" is bf16 on every GPU of torchgpt.hardware.GPUS (all support it)
+            mixed_precision="bf16" if t.mixed_precision == "auto" else t.mixed_precision,
             ac_mode=ac.mode,
             ac_selective_option=ac.selective_option,
             reshard_after_forward=cfg.parallelism.fsdp_reshard_after_forward,

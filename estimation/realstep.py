@@ -109,12 +109,14 @@ def _tracker_peak(module, plan: TrainingPlan) -> int:
     from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
     from torch.distributed._tools.mem_tracker import MemTracker
 
+    from estimation.trace import sharding_propagation_untracked
+
     if plan.fsdp:
         tracker = FSDPMemTracker(module.model, module.optimizer)
     else:
         tracker = MemTracker()
         tracker.track_external(module.model, module.optimizer)
-    with tracker:
+    with sharding_propagation_untracked(), tracker:
         run_train_step(
             module,
             plan,

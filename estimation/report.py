@@ -136,8 +136,12 @@ def _header(est: Estimate) -> list[str]:
         f"batch      micro-batch {p.micro_batch_size} x {p.seq_len} tokens per GPU, "
         f"{p.grad_accum} micro-steps per step, global batch {p.global_batch_tokens:,} tokens",
         f"options    precision {p.precision_mode}, activation checkpointing {p.ac_text()}, "
-        f"torch.compile {'on' if p.compile_enable else 'off'} in the config "
-        "(off in the traced step)",
+        f"torch.compile {'on' if p.compile_enable else 'off'} "
+        + (
+            "(the fused bf16/compute-dtype loss is modelled)"
+            if p.compile_enable
+            else "(the eager fp32 cross-entropy is modelled)"
+        ),
     ] + ([f"auto       {est.auto_sizing.text()}"] if est.auto_sizing else [])
 
 

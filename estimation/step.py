@@ -3,8 +3,9 @@
 `build_module` calls the Trainer's builder (torchgpt.train_module.build_train_module) with the
 plan's layout, so the model, parallelization, optimizer kernel and clipping are the trainer's;
 `run_train_step` drives that module's forward_backward -> clip_grad_norm -> step over random
-micro-batches. Nothing here runs a backward or an optimizer update of its own. torch.compile
-is off (compile changes activation memory; the estimate states it).
+micro-batches. Nothing here runs a backward or an optimizer update of its own. A real module
+is compiled as the plan says (the Trainer's per-block compile and fused loss); a fake one for
+the tracer is not (FakeTensorMode cannot run inductor) and takes `fused_loss_stand_in`.
 """
 
 from __future__ import annotations
@@ -21,16 +22,17 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def build_module(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0) -> TrainModule:
-    """The TrainModule the Trainer would build for `plan` (compile disabled).
+    """The TrainModule the Trainer would build for `plan` (compiled when real and the plan
+    compiles; a fake one keeps the plan's loss choice but runs eagerly).
 
     Args:
         plan: the layout.
         mesh: the DeviceMesh from ParallelDims.build_mesh (None on one process).
         fake: the caller is inside FakeTensorMode: build directly (the values are never read)
-            instead of meta -> to_empty -> init_weights.
+            instead of meta -> to_empty -> init_weights, and without torch.compile.
         seed: init seed for a real model.
     """
-    return build_train_module(
+    module = build_train_module(
         plan.args,
         plan.dims,
         mesh,
@@ -40,7 +42,7 @@ def build_module(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0)
         max_norm=plan.max_norm,
         ac_mode=plan.ac_mode,
         ac_selective_option=plan.ac_selective_option,
-        compile_enable=False,
+        compile_enable=plan.compile_enable and not fake,
         reshard_after_forward=plan.reshard_after_forward,
         optimizer_implementation=plan.optimizer_implementation,
         # Memory does not depend on Muon's lr / momentum / steps: the defaults.
@@ -48,6 +50,40 @@ def build_module(plan: TrainingPlan, mesh: object, *, fake: bool, seed: int = 0)
         total_steps=plan.steps,
         init_on_meta=not fake,
     )
+    module.fused_loss = plan.compile_enable  # a fake module: fused_loss_stand_in stands for it
+    return module
+
+
+class _FusedLossAllocations(torch.autograd.Function):
+    """What the compiled fused cross-entropy allocates, for the tracer: it saves the logits as
+    they are, keeps a (B*T,) fp32 log-sum-exp, and its backward writes one gradient of the
+    logits' shape and dtype. Values are never read (FakeTensorMode)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, vocab_size: int) -> torch.Tensor:
+        lse = logits.new_empty(logits.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(logits, targets, lse)
+        return lse.sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        logits, _, _ = ctx.saved_tensors
+        return torch.empty_like(logits), None, None
+
+
+@contextlib.contextmanager
+def fused_loss_stand_in():
+    """Inside FakeTensorMode, where inductor cannot run: the fused loss's allocations
+    (_FusedLossAllocations) in place of the compiled kernel, so a trace of a compiled plan
+    sees the loss memory the compiled step has, not the eager kernel's fp32 temporaries."""
+    from torchgpt import train_module
+
+    compiled = train_module._compiled_cross_entropy_sum
+    train_module._compiled_cross_entropy_sum = _FusedLossAllocations.apply
+    try:
+        yield
+    finally:
+        train_module._compiled_cross_entropy_sum = compiled
 
 
 def random_batch(plan: TrainingPlan, generator: torch.Generator | None = None) -> Batch:
