@@ -1,10 +1,15 @@
-"""Process lifecycle of a worker: preemption signals, and dying with the launcher.
+"""Process lifecycle of a worker: stop requests (SIGTERM/SIGINT), and dying with the launcher.
 
-SIGTERM/SIGINT ask the trainer to finish the step, checkpoint and exit 0.
+SIGTERM/SIGINT ask the run to stop at the next safe point: the end of setup (nothing to save),
+or the end of the current step, validation or save (which is then checkpointed); the trainer
+writes how it ended to last_exit.json (torchgpt/stop.py) and exits 0, or 1 when the step it
+reached could not be saved (checkpointing off). train.py installs the handler once the
+process group exists; until then a signal kills the worker as before.
 
-A second signal exits at once. A repeat within 5 s counts as the same request: Slurm signals
-every process of the job and torchrun forwards its own copy to each worker about a
-millisecond later. `requested` is this rank's view only; the trainer acts on the flag once
+A second signal exits at once, after the `on_exit_now` callbacks (last_exit.json says
+"stopped", the run-folder lock is released). A repeat within 5 s counts as the same request:
+Slurm signals every process of the job and torchrun forwards its own copy to each worker about
+a millisecond later. `requested` is this rank's view only; the trainer acts on the flag once
 every rank has agreed on it through an all-reduce.
 """
 
@@ -16,6 +21,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 
 logger = logging.getLogger(__name__)
 
@@ -23,26 +29,61 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _SAME_REQUEST_S = 5.0
 
 
+def signal_name(signum: int) -> str:
+    """'SIGTERM' for 15; 'signal N' for a number Python has no name for."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
 class PreemptionHandler:
-    """Installs the handlers (`install`) and puts the previous ones back (`restore`)."""
+    """Installs the handlers (`install`) and puts the previous ones back (`restore`).
+
+    Attributes:
+        requested: a stop was asked of this process.
+        signum: the signal that asked first (None before).
+        on_request: called with the signal number on the first request (the trainer logs where
+            the run stands and notes it in last_exit.json); its errors are logged, never raised.
+        on_exit_now: called, last added first, before a second signal ends the process.
+    """
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None
+        self.on_request: Callable[[int], None] | None = None
+        self.on_exit_now: list[Callable[[], None]] = []
         self._first_at: float | None = None
         self._previous: dict[int, object] = {}
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal_name(self.signum)
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
             assert self._first_at is not None
             if time.monotonic() - self._first_at < _SAME_REQUEST_S:
                 return
-            logger.warning("second signal %d: exiting without a checkpoint", signum)
+            logger.warning(
+                "second signal (%s): exiting now, without a checkpoint", signal_name(signum)
+            )
+            for callback in reversed(self.on_exit_now):
+                _call_logging_errors(callback)
+            logging.shutdown()
             os._exit(128 + signum)
         self._first_at = time.monotonic()
-        self.requested = True
-        logger.warning("signal %d: will checkpoint after the current step and exit", signum)
+        self.requested, self.signum = True, signum
+        if self.on_request is None:
+            logger.warning(
+                "%s: will stop at the next safe point (the end of setup or of the current step)",
+                signal_name(signum),
+            )
+        else:
+            _call_logging_errors(self.on_request, signum)
 
     def install(self) -> None:
+        """Handle SIGTERM/SIGINT from now on (again: a no-op)."""
         for sig in _SIGNALS:
             self._previous.setdefault(sig, signal.getsignal(sig))
             signal.signal(sig, self._handle)
@@ -56,6 +97,15 @@ class PreemptionHandler:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous)
         self._previous.clear()
+
+
+def _call_logging_errors(callback: Callable, *args: object) -> None:
+    """Run a callback from a signal handler: an exception there would surface at a random line
+    of the interrupted code, so it is logged instead."""
+    try:
+        callback(*args)
+    except Exception:
+        logger.exception("error in the stop handler %r", callback)
 
 
 LAUNCHER_PID_ENV = "TORCHGPT_LAUNCHER_PID"

@@ -5,6 +5,8 @@ whose holder is alive is refused (exit 2) with a message naming the holder; a st
 process gone on this host, or no heartbeat for `stale_after` seconds from another host) is taken
 over with a warning, which is the normal case after a crash or a SIGKILL. The holder refreshes
 the lock's mtime every `heartbeat` seconds from a daemon thread and removes it on release.
+A launcher whose worker was killed (after torchrun's grace) removes that worker's lock at once
+(`remove_abandoned`), so the lock never outlives a stopped run.
 """
 
 from __future__ import annotations
@@ -184,3 +186,49 @@ class RunLock:
                 self.path.parent.rmdir()  # only when empty: a refused launch leaves nothing
             except OSError:
                 pass
+
+
+def lock_state(run_dir: Path) -> tuple[str, dict | None]:
+    """("free" | "held" | "abandoned" | "remote", holder) of RUN_DIR/.lock: held by a live
+    process of this host, left by a dead one, or held by another host's process (alive or
+    not, which only its heartbeat tells: see RunLock)."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        holder = json.loads(path.read_text())
+    except FileNotFoundError:
+        return "free", None
+    except (OSError, ValueError):
+        return "abandoned", {}
+    if not isinstance(holder, dict):
+        return "abandoned", {}
+    if holder.get("host") != socket.gethostname():
+        return "remote", holder
+    return ("held" if _alive_here(holder) else "abandoned"), holder
+
+
+def remove_abandoned(run_dir: Path) -> dict | None:
+    """Remove RUN_DIR/.lock when its holder was a process of this host that is gone (a worker
+    killed by a signal); returns that holder, or None when the lock is free, live or another
+    host's. Moved aside first, like a stale takeover: a lock taken meanwhile is put back."""
+    state, holder = lock_state(run_dir)
+    if state != "abandoned":
+        return None
+    path = Path(run_dir) / LOCK_NAME
+    aside = path.with_name(f"{LOCK_NAME}.abandoned.{os.getpid()}.{time.time_ns()}")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return None
+    try:
+        moved = json.loads(aside.read_text())
+    except (OSError, ValueError):
+        moved = {}
+    if moved and moved != holder:  # a new launch's fresh lock: not ours to remove
+        try:
+            os.link(aside, path)
+        except FileExistsError:
+            pass
+        aside.unlink(missing_ok=True)
+        return None
+    aside.unlink(missing_ok=True)
+    return holder

@@ -2,7 +2,12 @@
 
 run_train.sh wraps it in torchrun (after torchgpt.launch's checks). main() checks the launch
 again in each worker (preflight), runs the Trainer (torchgpt/trainer.py), turns a failure into
-one line plus a traceback in train.log, and returns the README's exit codes.
+one line plus a traceback in train.log, and returns the README's exit codes. SIGTERM/SIGINT are
+stop requests (torchgpt/preemption.py) from the end of the process-group setup on, so a signal
+in any later phase ends with last_exit.json written and the run-folder lock released. Until
+then they kill the worker as they always did: a worker waiting in the rendezvous for a peer that
+is gone runs no Python handler, and torchrun would wait its 30 s grace for it; the launcher
+removes a lock so left (torchgpt/launch.py).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from torchgpt.config import ConfigError, JobConfig
 from torchgpt.config_manager import help_text
 from torchgpt.hardware import tune_host_malloc
 from torchgpt.parallel.dims import init_distributed
-from torchgpt.preemption import die_with_launcher
+from torchgpt.preemption import PreemptionHandler, die_with_launcher
 from torchgpt.preflight import preflight
 from torchgpt.run_files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
 from torchgpt.run_lock import RunFolderBusy, RunLock
@@ -54,7 +59,8 @@ def _report_failure(error: BaseException, cfg: JobConfig, trainer: Trainer | Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; exit codes: 0 done (or preempted after a checkpoint), 2 refused, 1 failed."""
+    """Entry point; exit codes: 0 done (or preempted with nothing lost), 2 refused, 1 failed (or
+    stopped before the step reached was saved)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not argv or argv[0] in ("-h", "--help"):
@@ -66,6 +72,14 @@ def main(argv: list[str] | None = None) -> int:
         print(help_text())
         return 0
     die_with_launcher()  # under run_train.sh: never outlive it
+    stop = PreemptionHandler()  # installed once the process group exists (_run)
+    try:
+        return _main(toml_path, overrides, stop)
+    finally:
+        stop.restore()
+
+
+def _main(toml_path: str | None, overrides: list[str], stop: PreemptionHandler) -> int:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     try:
@@ -85,17 +99,19 @@ def main(argv: list[str] | None = None) -> int:
         except RunFolderBusy as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    stop.on_exit_now.append(lock.release)  # a second signal exits at once: release it first
     try:
-        return _run(cfg, rank)
+        return _run(cfg, rank, stop)
     finally:
         lock.release()
 
 
-def _run(cfg: JobConfig, rank: int) -> int:
+def _run(cfg: JobConfig, rank: int, stop: PreemptionHandler) -> int:
     trainer = None
     try:
         init_distributed(cfg.parallelism.collective_timeout_s)
-        trainer = Trainer(cfg)
+        stop.install()  # from here a signal is a stop request: setup ends, then the run stops
+        trainer = Trainer(cfg, preemption=stop)
         trainer.train()
     except ConfigError as e:  # found by the workers (e.g. a checkpoint of another model)
         if rank == 0:
@@ -109,6 +125,7 @@ def _run(cfg: JobConfig, rank: int) -> int:
             trainer.close()
         return 1
     trainer.close()
+    code = 1 if trainer.outcome == "stopped" else 0  # stopped: steps since its checkpoint lost
     # Free the Trainer (model, meshes, checkpoint group) before destroying the process groups,
     # so that their gloo/NCCL worker threads are joined here. Left to interpreter shutdown,
     # those native threads raced finalization and a finished worker sometimes died of SIGABRT.
@@ -116,7 +133,7 @@ def _run(cfg: JobConfig, rank: int) -> int:
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
-    return 0
+    return code
 
 
 def _exit_without_finalization(code: int) -> None:

@@ -209,13 +209,19 @@ def test_sigterm_to_the_launcher_saves_and_exits_0(token_shards, tmp_path):
             proc.kill()
     text = log.read_text()
     assert rc == 0, text[-3000:]
-    match = re.search(r"preempted by SIGTERM: checkpoint of step (\d+) saved to (\S+);", text)
+    match = re.search(
+        r"preempted by SIGTERM during step \d+[^:]*: step (\d+) is saved in (\S+);", text
+    )
     assert match, text[-3000:]
     step = int(match.group(1))
     assert 2 <= step < 400 and Path(match.group(2)) == tmp_path / "debug/checkpoints" / (
         f"step-{step}"
     )
     assert (Path(match.group(2)) / "COMPLETE").is_file()
+    assert f"the same command resumes from step {step} ({match.group(2)})" in text
+    record = json.loads((tmp_path / "debug" / "last_exit.json").read_text())
+    assert (record["status"], record["step"], record["signal"]) == ("preempted", step, "SIGTERM")
+    assert not (tmp_path / "debug" / ".lock").exists()
 
 
 def _alive(pid: int) -> bool:
