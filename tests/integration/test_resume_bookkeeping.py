@@ -8,11 +8,13 @@ import logging
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 from tests.trainer_utils import BASE, train_in_process
 from torchgpt.checkpoint import load_full_model_state_dict, load_model_from_checkpoint
 from torchgpt.checkpoint.layout import read_best
+from torchgpt.config import ConfigError
 
 
 def train(data_dir: Path, dump: Path, overrides: list[str]) -> Path:
@@ -62,7 +64,11 @@ def test_best_latest_and_retention_at_the_trainer_level(token_shards, tmp_path):
 
     # Extend the run to step 8: it resumes from the newest checkpoint (6), not the best, and the
     # best carried over in best.json competes with the new validation losses.
-    run_dir = train(token_shards, tmp_path, UNSTABLE + ["--training.steps", "8"])
+    # Extending a run changes the math: the Trainer refuses it as preflight does, unless named.
+    with pytest.raises(ConfigError, match=r"training.steps: 6 -> 8.*allow_change training.steps"):
+        train(token_shards, tmp_path, UNSTABLE + ["--training.steps", "8"])
+    extend = ["--training.steps", "8", "--checkpoint.allow_change", "training.steps"]
+    run_dir = train(token_shards, tmp_path, UNSTABLE + extend)
     val = val_losses(run_dir)
     assert sorted(val) == [2, 4, 6, 8]  # no step re-run: the resume started after step 6
     best = 8 if val[8] < val[2] else 2
