@@ -13,27 +13,59 @@ import os
 import resource
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from torchgpt.config import JobConfig
 
 logger = logging.getLogger(__name__)
 
 
-def peak_memory(device: torch.device) -> dict[str, float]:
-    """Peak memory of this process, for a step record.
+def peak_memory(device: torch.device, *, reset: bool = False) -> dict[str, float]:
+    """Peak memory of this process since the last reset, for a step record; `reset` starts a
+    new interval once read (reset_peak_memory).
 
     CUDA: the caching allocator's peaks, allocated (tensors) and reserved (what the process
     holds from the driver: allocated + cached blocks + fragmentation, the figure an OOM is
-    about). CPU: peak RSS as "peak_memory_gib".
+    about). CPU: peak RSS as "peak_memory_gib" (Linux's VmHWM; the run-long ru_maxrss where
+    /proc cannot be read).
     """
     if device.type == "cuda":
-        return {
+        peak = {
             "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30,
             "peak_memory_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
         }
-    # ru_maxrss is KiB on Linux.
-    return {"peak_memory_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    else:
+        peak = {"peak_memory_gib": _peak_rss_kib() / 2**20}
+    if reset:
+        reset_peak_memory(device)
+    return peak
+
+
+def _peak_rss_kib() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak-memory interval (after each log line): CUDA's peak stats; on Linux
+    the process's peak RSS (writing 5 to /proc/self/clear_refs), where that is permitted."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 class StepTimer:
@@ -166,6 +198,20 @@ class MetricsLogger:
         if enable_wandb:
             self.wandb = _open_wandb(run_dir, wandb_project, run_name, config)
 
+    @classmethod
+    def from_config(cls, cfg: JobConfig, *, rank: int) -> MetricsLogger:
+        """The sinks metrics.* asks for, in cfg.run_dir."""
+        m = cfg.metrics
+        return cls(
+            cfg.run_dir,
+            rank=rank,
+            enable_tensorboard=m.enable_tensorboard,
+            enable_wandb=m.enable_wandb,
+            wandb_project=m.wandb_project,
+            run_name=cfg.job.name,
+            config=cfg.to_dict(),
+        )
+
     def log(self, record: dict[str, Any], *, console: str | None = None) -> None:
         if self.rank != 0:
             return
@@ -222,13 +268,35 @@ def _open_wandb(run_dir: Path, project: str, name: str, config: dict[str, Any]):
         # No key: log offline (sync later with `wandb sync`), never block on a login prompt.
         os.environ["WANDB_MODE"] = "offline"
     try:
-        run = wandb.init(project=project, name=name, dir=str(run_dir), config=config)
+        run = wandb.init(
+            project=project,
+            name=name,
+            dir=str(run_dir),
+            config=config,
+            id=wandb_run_id(run_dir),
+            resume="allow",
+        )
     except Exception as e:
         logger.warning("W&B init failed, continuing without it: %s", e)
         return None
     if os.environ.get("WANDB_MODE") == "offline":
         logger.info("%s", wandb_sync_hint(run))
     return run
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The W&B run id of this run folder, kept in RUN_DIR/wandb_id: every launch of a resumed
+    run logs into the same W&B run (resume="allow") instead of starting a new one."""
+    path = run_dir / "wandb_id"
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    import uuid
+
+    run_id = uuid.uuid4().hex[:16]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    os.replace(tmp, path)
+    return run_id
 
 
 def _wandb_key_known() -> bool:

@@ -1,10 +1,12 @@
-"""A training step that never waits on the device between log steps (issue #16's first point).
+"""A training step that never waits on the device between log steps (issues #16 and #22).
 
 On a GPU every host sync (`.item()`, `.tolist()`, `bool()`/`int()`/`float()` of a tensor, a
 copy to the CPU, `torch.cuda.synchronize`) stalls the queue that FSDP prefetch and
-non-blocking copies rely on. The step's own sync is one `.tolist()` of (loss, preemption flag,
-grad norm); the timer reads CUDA events only at log steps. Counted here on CPU, where the same
-calls would be syncs on CUDA, for one and four micro-batches per step.
+non-blocking copies rely on, and so does every blocking host-to-device copy: a tensor made
+from a Python value on the device (`torch.tensor(x, device=...)`; the batches' own copies are
+non_blocking from pinned memory). The step's own sync is one `.tolist()` of (loss, preemption
+flag, grad norm); the timer reads CUDA events only at log steps. Counted here on CPU, where the
+same calls would be syncs or copies on CUDA, for one and four micro-batches per step.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from torchgpt.config_manager import load_config
 from torchgpt.train import Trainer
 
 SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu"}
+# Tensors made from host data: on CUDA with a device argument, a blocking host-to-device copy.
+FROM_HOST = {"tensor", "as_tensor", "asarray", "from_numpy"}
 
 
 class HostSyncCounter(TorchFunctionMode):
-    """Records every tensor-to-host read made while active."""
+    """Records every tensor-to-host read and every tensor made from host data while active (on
+    CPU the copies cost nothing, but they are the same calls on CUDA)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -29,7 +34,7 @@ class HostSyncCounter(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         name = getattr(func, "__name__", "")
-        if name in SYNCS:
+        if name in SYNCS or name in FROM_HOST:
             self.calls.append(name)
         return func(*args, **(kwargs or {}))
 
@@ -55,3 +60,45 @@ def test_a_step_syncs_with_the_host_at_most_twice(token_shards, tmp_path, monkey
     trainer.close()
     assert len(counter.calls) + len(synchronize) <= 2 * 3, counter.calls
     assert counter.calls == ["tolist"] * 3  # exactly the step's own read, once per step
+
+
+def test_the_counter_sees_a_tensor_made_from_a_python_value_in_the_step(
+    token_shards, tmp_path, monkeypatch
+):
+    """The check above would fail on the flag the step used to build every step with
+    torch.tensor(float(flag), device=...)."""
+    cfg = load_config(
+        None,
+        BASE + ["--data.dataset_path", str(token_shards), "--job.dump_folder", str(tmp_path)],
+        world_size=1,
+    )
+    trainer = Trainer(cfg)
+    trainer.train_step()  # the first step creates the optimizer state
+    clip = trainer.module.clip_grad_norm
+
+    def clip_and_copy():
+        torch.tensor(float(trainer.preemption.requested), device=trainer.device)
+        return clip()
+
+    monkeypatch.setattr(trainer.module, "clip_grad_norm", clip_and_copy)
+    with HostSyncCounter() as counter:
+        trainer.train_step()
+    trainer.close()
+    assert counter.calls == ["tensor", "tolist"]
+
+
+def test_a_preemption_request_reaches_the_flag_without_a_copy(token_shards, tmp_path):
+    cfg = load_config(
+        None,
+        BASE + ["--data.dataset_path", str(token_shards), "--job.dump_folder", str(tmp_path)],
+        world_size=1,
+    )
+    trainer = Trainer(cfg)
+    trainer.train_step()
+    assert not trainer.stop.agreed
+    trainer.preemption.requested = True
+    with HostSyncCounter() as counter:
+        trainer.train_step()
+        trainer.train_step()
+    trainer.close()
+    assert trainer.stop.agreed and counter.calls == ["tolist"] * 2
