@@ -59,14 +59,21 @@ def train_in_process(toml: str | None, args: list[str]) -> Path:
     world = dist.get_world_size() if dist.is_initialized() else 1
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     cfg = load_config(toml, args, world_size=world)
-    trainer = Trainer(cfg)
+    train_restoring_signals(Trainer(cfg), handlers)
+    return cfg.run_dir
+
+
+def train_restoring_signals(trainer: Trainer, handlers: dict | None = None) -> None:
+    """trainer.train(), then close; the SIGTERM/SIGINT handlers it installs are put back to
+    `handlers` (default: those in force now)."""
+    if handlers is None:
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         trainer.train()
     finally:
         trainer.close()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-    return cfg.run_dir
 
 
 def run_trainer(data_dir: str, dump_folder: str, overrides: list[str]) -> None:

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 from torchgpt.config import Eval
+from torchgpt.metrics import MetricsLogger
 from torchgpt.model.args import ModelArgs
 
 logger = logging.getLogger("torchgpt")
@@ -93,6 +94,20 @@ class InTrainingEval:
                 if scores.get(metric) is not None:
                     record[f"eval/{task}/{metric}"] = scores[metric]
         return record, time.perf_counter() - t0
+
+    def run_and_log(
+        self, model: torch.nn.Module, step: int, tokens_seen: int, metrics: MetricsLogger
+    ) -> None:
+        """`run`, then (rank 0) one metrics record and its console line."""
+        scored = self.run(model)
+        if scored is None:
+            return
+        scores, seconds = scored
+        metrics.log(
+            {"step": step, "tokens_seen": tokens_seen, **scores},
+            console=f"step {step:>6}  harness (limit {self.cfg.limit}, {self.where()}, "
+            f"{seconds:.0f}s): " + "  ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()),
+        )
 
     def where(self) -> str:
         return f"{self.device.type} in {self.dtype}"

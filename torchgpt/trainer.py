@@ -7,8 +7,6 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import math
-import os
-import time
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -17,19 +15,20 @@ import torch
 import torch.distributed as dist
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState
-from torchgpt.checkpoint.export import export_model
+from torchgpt.checkpoint.export import export_final_model
 from torchgpt.checkpoint.states import TrainState
 from torchgpt.config import ConfigError, JobConfig
-from torchgpt.data.loader import TrainLoader, build_val_batches
+from torchgpt.data.loader import build_data
 from torchgpt.hardware import configure_device, detect_peak_tflops
 from torchgpt.metrics import MetricsLogger, StepTimer, console_line, peak_memory, step_record
 from torchgpt.model.args import flops_per_token, get_model_args, num_params
-from torchgpt.optim import muon_options
-from torchgpt.parallel.dims import ParallelDims, device_type
+from torchgpt.optim import continue_schedule, muon_options
+from torchgpt.parallel.dims import ParallelDims, local_device
 from torchgpt.preemption import PreemptionHandler
-from torchgpt.preflight import resume_changes
+from torchgpt.preflight import accepted_resume_changes
 from torchgpt.run_files import RunFiles
-from torchgpt.sizing import resolve_auto_sizing
+from torchgpt.sizing import resolve_auto_sizing, resolve_precision
+from torchgpt.stop import RunStop
 from torchgpt.train_eval import InTrainingEval
 from torchgpt.train_module import TrainModule, build_train_module, perplexity
 
@@ -46,9 +45,17 @@ class Trainer:
     Args:
         cfg: The validated job config (the Trainer is the one place that reads all of it).
         module_cls: A TrainModule subclass to build instead of TrainModule (fault injection).
+        preemption: The stop-request handler when the caller installed one before setup
+            (torchgpt/train.py); by default the Trainer makes its own, installed in train().
     """
 
-    def __init__(self, cfg: JobConfig, *, module_cls: type[TrainModule] | None = None):
+    def __init__(
+        self,
+        cfg: JobConfig,
+        *,
+        module_cls: type[TrainModule] | None = None,
+        preemption: PreemptionHandler | None = None,
+    ):
         self.cfg = cfg
         self._module_cls = module_cls
         self._setup_runtime()
@@ -66,8 +73,18 @@ class Trainer:
         self.metrics: MetricsLogger | None = None  # opened by _open_run_files
         self.peak_tflops = cfg.metrics.peak_tflops or detect_peak_tflops(self.device.type)
         self.timer = StepTimer(self.device)
-        self.preemption = PreemptionHandler()
-        self._preempt_agreed = False  # some rank asked, as of the last all-reduce: act on this
+        self._owns_preemption = preemption is None
+        self.preemption = preemption or PreemptionHandler()
+        self.stop = RunStop(  # what a SIGTERM/SIGINT does to this run (torchgpt/stop.py)
+            self.preemption,
+            cfg=cfg,
+            train_state=self.train_state,
+            run_files=self.run_files,
+            ckpt_dir=self.checkpointer.ckpt_dir,
+            rank=self.rank,
+            phase=lambda: self.phase,
+            device=self.device,
+        )
         self.phase = "setup"  # what the loop is doing: named when a collective times out
 
     # ---- construction -------------------------------------------------------------------
@@ -75,12 +92,11 @@ class Trainer:
         cfg = self.cfg
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
-        dtype = device_type()
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        self.device = torch.device(dtype, local_rank) if dtype == "cuda" else torch.device("cpu")
-        if dtype == "cuda":
-            torch.cuda.set_device(self.device)
-        self.device_settings = configure_device(dtype, allow_tf32=cfg.training.allow_tf32)
+        self.device = local_device()
+        self.device_settings = configure_device(
+            self.device.type, allow_tf32=cfg.training.allow_tf32
+        )
+        self.precision = resolve_precision(cfg, self.device)  # "auto": the same on every rank
         self.auto_sizing = resolve_auto_sizing(cfg, self.device, self.world_size)
         self.dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
         self.mesh = self.dims.mesh
@@ -100,6 +116,7 @@ class Trainer:
         )
         if self.device_settings:
             logger.info("device settings: %s", ", ".join(self.device_settings))
+        logger.info("mixed precision %s: %s", self.precision.value, self.precision.reason)
         if self.auto_sizing is not None:
             logger.info("%s", self.auto_sizing.text())
 
@@ -142,30 +159,14 @@ class Trainer:
         )
 
     def _build_data(self) -> None:
-        cfg, t = self.cfg, self.cfg.training
-        self.train_loader = TrainLoader(
-            cfg.data.dataset_path,
-            seq_len=t.seq_len,
-            micro_batch_size=t.micro_batch_size,
+        self.train_loader, self.val_batches = build_data(
+            self.cfg,
             dp_rank=self.dp_rank,
-            dp_world_size=self.dp_degree,
-            seed=cfg.job.seed,
-            num_workers=cfg.data.num_workers,
-            pin_memory=self.device.type == "cuda",
+            dp_degree=self.dp_degree,
             vocab_size=self.model_args.vocab_size,
-            allow_data_change=cfg.data.allow_data_change,
+            pin_memory=self.device.type == "cuda",
         )
         self.data_iter = iter(self.train_loader)  # the loader is its own (resumable) iterator
-        self.val_batches = []
-        if cfg.validation.enable:
-            self.val_batches = build_val_batches(
-                cfg.data.dataset_path,
-                seq_len=t.seq_len,
-                micro_batch_size=cfg.validation.micro_batch_size or t.micro_batch_size,
-                num_tokens=cfg.validation.tokens,
-                dp_rank=self.dp_rank,
-                dp_world_size=self.dp_degree,
-            )
 
     def _build_checkpointer(self) -> None:
         c = self.cfg.checkpoint
@@ -191,9 +192,7 @@ class Trainer:
     def _open_run_files(self) -> None:
         """The launch is accepted (the checkpoint to resume, if any, has loaded): write the run
         directory's files and open the metrics sinks."""
-        _, allowed = resume_changes(self.cfg)
-        for change in allowed:
-            logger.warning("resuming with a changed config (checkpoint.allow_change): %s", change)
+        allowed = accepted_resume_changes(self.cfg)  # now with "auto" precision resolved
         self.run_files.accept(
             self.cfg,
             world_size=self.world_size,
@@ -201,17 +200,9 @@ class Trainer:
             parallelism=str(self.dims),
             allowed_changes=allowed,
             auto_sizing=self.auto_sizing.to_json() if self.auto_sizing else None,
+            mixed_precision={"value": self.precision.value, "reason": self.precision.reason},
         )
-        m = self.cfg.metrics
-        self.metrics = MetricsLogger(
-            self.run_dir,
-            rank=self.rank,
-            enable_tensorboard=m.enable_tensorboard,
-            enable_wandb=m.enable_wandb,
-            wandb_project=m.wandb_project,
-            run_name=self.cfg.job.name,
-            config=self.cfg.to_dict(),
-        )
+        self.metrics = MetricsLogger.from_config(self.cfg, rank=self.rank)
 
     # ---- one optimizer step -------------------------------------------------------------
     def train_step(self) -> tuple[float, float]:
@@ -229,9 +220,7 @@ class Trainer:
         grad_norm = self.module.clip_grad_norm()
         # One small all-reduce carries the global loss and any rank's preemption request, so every
         # rank agrees on both (a signal may reach the ranks during different steps).
-        stats = torch.stack(
-            [loss_sum, torch.tensor(float(self.preemption.requested), device=self.device)]
-        )
+        stats = torch.stack([loss_sum, self.stop.step_flag()])
         self.phase = "the all-reduce of the step's loss and preemption flag"
         if dist.is_initialized():
             dist.all_reduce(stats)
@@ -241,7 +230,7 @@ class Trainer:
         # Only the all-reduced flag may steer the loop: the handler can set `requested` on one
         # rank after this all-reduce, and a rank acting on it alone would enter the checkpoint
         # collectives by itself and hang (checkpoint-helper fix, tests/integration/test_resume.py).
-        self._preempt_agreed = flag > 0
+        self.stop.agreed = flag > 0
         finite = math.isfinite(loss_val) and math.isfinite(gnorm)
         if not finite:
             step = self.train_state.step + 1
@@ -262,8 +251,9 @@ class Trainer:
         return self.module.eval_loss(self.val_batches)
 
     # ---- the loop: logging, validation, harness eval, checkpoints ------------------------
-    def _log_step(self, loss: float, gnorm: float, t_log: float, tokens_since: int) -> None:
-        st, steps = self.train_state, max(self._steps_since_log, 1)
+    def _log_step(self, loss: float, gnorm: float, tokens_since: int) -> None:
+        """A record of the steps since the last: rate from their own time (no val / eval / save)."""
+        st, steps, phases = self.train_state, max(self._steps_since_log, 1), self.timer.pop()
         record = step_record(
             step=st.step,
             loss=loss,
@@ -271,13 +261,13 @@ class Trainer:
             lr=self.module.lr_scheduler.get_last_lr()[0],
             tokens_seen=st.tokens_seen,
             tokens=tokens_since,
-            seconds=time.perf_counter() - t_log,
+            seconds=sum(phases.values()),
             steps=steps,
-            phases=self.timer.pop(),
+            phases=phases,
             world_size=self.world_size,
             flops_per_token=self.flops_per_token,
             peak_tflops=self.peak_tflops,
-            memory=peak_memory(self.device),
+            memory=peak_memory(self.device, reset=True),  # this interval's peak
         )
         self.metrics.log(record, console=console_line(record, self.cfg.training.steps))
 
@@ -298,26 +288,19 @@ class Trainer:
         self.train_state.best_val_loss = min(self.train_state.best_val_loss, val_loss)
         return val_loss
 
-    def _maybe_harness_eval(self, step: int, last_step: int) -> None:
-        """Harness tasks on a fixed `eval.limit` subset (torchgpt/train_eval.py)."""
+    def _maybe_harness_eval(self, step: int, last_step: int) -> bool:
+        """Harness tasks on a fixed `eval.limit` subset (torchgpt/train_eval.py); whether due."""
         if not self.harness_eval.due(step, last_step):
-            return
+            return False
         self.phase = f"the in-training harness eval of step {step} (others wait at a barrier)"
-        scored = self.harness_eval.run(self.model)
-        if scored is None:
-            return
-        scores, seconds = scored
-        self.metrics.log(
-            {"step": step, "tokens_seen": self.train_state.tokens_seen, **scores},
-            console=f"step {step:>6}  harness (limit {self.cfg.eval.limit}, "
-            f"{self.harness_eval.where()}, {seconds:.0f}s): "
-            + "  ".join(f"{k[5:]} {v:.3f}" for k, v in scores.items()),
-        )
+        self.harness_eval.run_and_log(self.model, step, self.train_state.tokens_seen, self.metrics)
+        return True
 
     def train(self) -> Path | None:
         """Run to training.steps (or until preempted). Returns the final checkpoint path, if any."""
         cfg, st = self.cfg, self.train_state
         c = cfg.checkpoint
+        self.preemption.install()  # a no-op when train.py installed it before setup
         self.phase = "loading the checkpoint to resume"
         try:
             resumed = self.checkpointer.load(
@@ -326,70 +309,92 @@ class Trainer:
         except ValueError as e:  # the chosen checkpoint does not fit this config: refused
             raise ConfigError([str(e)]) from e
         self._open_run_files()
+        self.stop.start_step = st.step
         if resumed is not None:
             logger.info("resumed from step %d (%s tokens seen)", st.step, f"{st.tokens_seen:,}")
             # Readers drop what an earlier launch logged after this step (eval.loading).
             self.metrics.log({"step": st.step, "resumed_from": st.step})
-        self.preemption.install()
+            self._continue_lr_schedule()
         last_step = cfg.training.steps
         tokens_per_step = cfg.training.global_batch_tokens
-        logger.info(
-            "training %d steps of %s tokens (%d micro-steps of %d x %d per rank, %d ranks)",
-            last_step - st.step,
-            f"{tokens_per_step:,}",
-            self.grad_accum,
-            cfg.training.micro_batch_size,
-            cfg.training.seq_len,
-            self.dp_degree,
-        )
+        logger.info("training %d steps of %s", last_step - st.step, cfg.step_text(self.dp_degree))
+        if self._agree_on_stop():  # a signal during setup: nothing ran, nothing to save
+            return self._stop_now(None)
         ckpt_path = None
-        t_log, tokens_since, self._steps_since_log = time.perf_counter(), 0, 0
+        tokens_since, self._steps_since_log = 0, 0
         while st.step < last_step:
+            self.stop.stage = "step"
             loss, gnorm = self.train_step()
             st.step += 1
+            self.stop.stage = "after step"
             st.tokens_seen += tokens_per_step
             tokens_since += tokens_per_step
             self._steps_since_log += 1
             if st.step % cfg.metrics.log_freq == 0 or st.step == last_step or st.step == 1:
-                self._log_step(loss, gnorm, t_log, tokens_since)
-                t_log, tokens_since, self._steps_since_log = time.perf_counter(), 0, 0
+                self._log_step(loss, gnorm, tokens_since)
+                tokens_since, self._steps_since_log = 0, 0
             save_due = self.checkpointer.should_save(st.step, last_step=last_step)
             # Every checkpoint carries its val loss, so "best" is chosen among saved steps.
             val_loss = self._maybe_validate(st.step, last_step, force=save_due)
-            self._maybe_harness_eval(st.step, last_step)
-            if save_due or self._preempt_agreed:
-                self.phase = f"the checkpoint save of step {st.step}"
-                ckpt_path = self.checkpointer.save(
-                    st.step, val_loss=val_loss, force=self._preempt_agreed
-                )
-            if self._preempt_agreed:
-                self.checkpointer.wait()
-                logger.info(
-                    "preempted: checkpoint of step %d saved to %s; exiting", st.step, ckpt_path
-                )
-                if ckpt_path is not None:
-                    self.run_files.record_exit("preempted", st.step, ckpt_path)
-                return ckpt_path
+            harness_due = self._maybe_harness_eval(st.step, last_step)
+            if save_due or self.stop.agreed:
+                ckpt_path = self._save(st.step, val_loss)
+            if save_due or val_loss is not None or harness_due:
+                # A signal during this step's validation, eval or save stops the run here, not
+                # after one more step (which may outlast torchrun's grace before its SIGKILL).
+                if st.step < last_step and self._agree_on_stop() and not save_due:
+                    ckpt_path = self._save(st.step, val_loss)
+            if self.stop.agreed:
+                return self._stop_now(ckpt_path)
         self.phase = "the final checkpoint's completion and the model export"
         self.checkpointer.wait()
-        self._export_model()
+        export_final_model(self.model, self.cfg, self.model_args)
+        self.stop.outcome = "finished"
         self.run_files.record_exit("finished", st.step, ckpt_path)
         return ckpt_path
 
-    def _export_model(self) -> None:
-        """Model-only export (plain state dict, args, config) in checkpoint.export_dtype."""
-        path = export_model(
-            self.model,
-            self.run_dir / "model.pt",
-            model_args=asdict(self.model_args),
-            config=self.cfg.to_dict(),
-            dtype=getattr(torch, self.cfg.checkpoint.export_dtype),
+    def _continue_lr_schedule(self) -> None:
+        """After a resume: the schedule lr_scheduler.on_steps_change chooses (optim.py)."""
+        message = continue_schedule(
+            self.module.lr_scheduler,
+            self.checkpointer.loaded_config(),
+            step=self.train_state.step,
+            lr=self.cfg.optimizer.lr,
+            on_steps_change=self.cfg.lr_scheduler.on_steps_change,
         )
-        logger.info("exported the final model to %s", path)
+        if message is not None:
+            logger.warning("%s", message)
+
+    # ---- stopping on a signal (issue #27; the bookkeeping is torchgpt/stop.py) -------------
+    def _agree_on_stop(self) -> bool:
+        """RunStop.agree (collective: every rank at the same point), its phase named."""
+        if not self.stop.agreed:
+            self.phase = "the all-reduce of the stop flag"
+        return self.stop.agree()
+
+    def _save(self, step: int, val_loss: float | None) -> Path | None:
+        if self.stop.agreed:  # last_exit.json: the stop is under way, its save begins
+            self.stop.note(f"the checkpoint save of step {step}")
+        self.phase = f"the checkpoint save of step {step}"
+        return self.checkpointer.save(step, val_loss=val_loss, force=self.stop.agreed)
+
+    def _stop_now(self, ckpt_path: Path | None) -> Path | None:
+        """End train() on an agreed stop request, once its checkpoint is complete."""
+        self.phase = "the stop (waiting for its checkpoint to complete)"
+        self.checkpointer.wait()
+        self.stop.finish(ckpt_path)
+        return ckpt_path
+
+    @property
+    def outcome(self) -> str | None:
+        """How train() ended: "finished", "preempted" or "stopped" (torchgpt/stop.py)."""
+        return self.stop.outcome
 
     def close(self) -> None:
         """Close the metrics sinks and run files; put back the signal handlers train() set."""
-        self.preemption.restore()
+        self.stop.detach()
+        if self._owns_preemption:
+            self.preemption.restore()
         if self.metrics is not None:
             self.metrics.close()
         self.run_files.close()

@@ -2,6 +2,7 @@
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -60,7 +61,9 @@ def test_activation_checkpointing_modes_match_none(token_shards, tmp_path, mode,
 
 
 def test_compiled_matches_eager_in_bf16(token_shards, tmp_path):
-    common = ["--training.mixed_precision", "bf16", "--training.steps", "4"]
+    # One 128-token micro-step per step: bf16 matmuls are ~65x slower than fp32 on AVX2 CPUs.
+    common = ["--training.mixed_precision", "bf16", "--training.steps", "3"]
+    common += ["--training.global_batch_tokens", "128"]
     run_trainer(str(token_shards), str(tmp_path), ["--job.name", "eager"] + common)
     run_trainer(
         str(token_shards),
@@ -68,9 +71,37 @@ def test_compiled_matches_eager_in_bf16(token_shards, tmp_path):
         ["--job.name", "compiled", "--compile.enable", "true"] + common,
     )
     eager, compiled = read_metrics(tmp_path / "eager"), read_metrics(tmp_path / "compiled")
-    assert len(eager) == 4
+    assert len(eager) == 3
     # bf16 rounding differs between fused (inductor) and eager kernels: ~1e-2 relative.
     assert compiled == pytest.approx(eager, rel=2e-2)
+
+
+def test_the_rate_counts_the_steps_not_the_validation_between(token_shards, tmp_path, monkeypatch):
+    """A validation of 1.5 s after every step stays out of the next record's step time.
+
+    No wall-clock bound: between two step records lie the step and one sleeping
+    validation, so a step time that excludes it is at most the gap less the sleep,
+    however slow the machine; one that includes it exceeds that by the overhead.
+    """
+    sleep_s = 1.5
+    eval_loss = TrainModule.eval_loss
+
+    def slow_eval_loss(self, batches):
+        time.sleep(sleep_s)
+        return eval_loss(self, batches)
+
+    monkeypatch.setattr(TrainModule, "eval_loss", slow_eval_loss)
+    validate = ["--validation.enable", "true", "--validation.interval", "1"]
+    validate += ["--validation.tokens", "256", "--training.steps", "3", "--job.name", "rate"]
+    run_trainer(str(token_shards), str(tmp_path), validate)
+    lines = (tmp_path / "rate" / "metrics.jsonl").read_text().splitlines()
+    records = [r for r in map(json.loads, lines) if "loss" in r]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    for r in records:
+        phases = sum(v for k, v in r.items() if k.startswith("time_"))
+        assert r["step_time_s"] == pytest.approx(phases), r
+    for before, r in zip(records, records[1:], strict=False):
+        assert r["step_time_s"] <= r["time"] - before["time"] - sleep_s, (before, r)
 
 
 def test_same_config_twice_gives_identical_losses(token_shards, tmp_path):

@@ -136,6 +136,20 @@ def export_model(
     return Path(path)
 
 
+def export_final_model(model: nn.Module, cfg: Any, model_args: Any) -> Path:
+    """The Trainer's end-of-run export: RUN_DIR/model.pt in checkpoint.export_dtype, with the
+    model's args and the job config (collective)."""
+    path = export_model(
+        model,
+        cfg.run_dir / "model.pt",
+        model_args=dataclasses.asdict(model_args),
+        config=cfg.to_dict(),
+        dtype=getattr(torch, cfg.checkpoint.export_dtype),
+    )
+    logger.info("exported the final model to %s", path)
+    return path
+
+
 def load_model_only(path: str | Path, mmap: bool = False) -> dict[str, Any]:
     """Read a `save_model_only` file: {"model": state dict, "model_args": dict, "config": dict}
     plus "step" / "val_loss" when they were recorded (dcp_to_torch records both).

@@ -70,6 +70,13 @@ def scan(ckpt_dir: Path) -> Scan:
     return result
 
 
+def newest_complete(ckpt_dir: Path) -> tuple[int, Path] | None:
+    """(step, folder) of the newest complete checkpoint, the one resume=auto tries first; None
+    when there is none. Not verified here: a resume checks its checksums before loading it."""
+    complete = scan(ckpt_dir).complete
+    return complete[-1] if complete else None
+
+
 def step_of(path: Path) -> int | None:
     """The step a checkpoint folder holds: from its info file, else from its `step-N` name."""
     info = read_json(path / INFO_NAME)
@@ -108,6 +115,12 @@ def read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return obj if isinstance(obj, dict) else None
+
+
+def saved_config(folder: Path | None) -> dict:
+    """The job config a checkpoint folder was saved with (its info's extra.config); {} if none."""
+    info = read_json(folder / INFO_NAME) if folder is not None else None
+    return ((info or {}).get("extra") or {}).get("config") or {}
 
 
 def read_best(ckpt_dir: Path) -> tuple[int | None, float | None]:

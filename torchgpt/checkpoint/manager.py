@@ -76,6 +76,7 @@ class CheckpointManager:
         last_blocked_seconds: how long the last `save` kept training waiting (sync: the whole
             save; async: waiting for the previous save plus copying the state).
         best_step, best_val_loss: the checkpoint with the lowest validation loss (best.json).
+        loaded_path: the folder of the checkpoint `load` restored (None before, or fresh).
     """
 
     def __init__(
@@ -107,9 +108,14 @@ class CheckpointManager:
         self._pending: _PendingSave | None = None
         self.last_blocked_seconds = 0.0
         self.last_checksum_seconds = 0.0
+        self.loaded_path: Path | None = None  # the checkpoint `load` restored
         self.best_step, self.best_val_loss = layout.read_best(self.ckpt_dir)
 
     # ----- saving -----
+
+    def loaded_config(self) -> dict:
+        """The job config the restored checkpoint was saved with ({} if none or fresh)."""
+        return layout.saved_config(self.loaded_path)
 
     def should_save(self, step: int, *, last_step: int) -> bool:
         """True every `interval` steps and at `last_step` (when enabled)."""
@@ -330,6 +336,8 @@ class CheckpointManager:
         else:
             step = self._resumer.load_auto()
         if step is not None:
+            folder = Path(load_path) if load_path else layout.step_dir(self.ckpt_dir, step)
+            self.loaded_path = folder
             self._after_load(step)
         return step
 

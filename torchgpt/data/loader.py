@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,6 +28,9 @@ from torchgpt.data.shards import (
     split_shards,
 )
 from torchgpt.data.tokenizer import TOKENIZER_NAME, VOCAB_SIZE
+
+if TYPE_CHECKING:
+    from torchgpt.config import JobConfig
 
 __all__ = ["TrainLoader", "build_val_batches", "data_fingerprint", "read_manifest"]
 
@@ -361,3 +364,36 @@ def build_val_batches(
         _collate([dataset[w] for w in range(b, b + micro_batch_size)])
         for b in range(first, first + per_rank * micro_batch_size, micro_batch_size)
     ]
+
+
+def build_data(
+    cfg: JobConfig, *, dp_rank: int, dp_degree: int, vocab_size: int, pin_memory: bool
+) -> tuple[TrainLoader, list[Batch]]:
+    """The train loader and the fixed validation batches (none unless validation.enable) that
+    `cfg` asks for, for this data-parallel rank."""
+    t, path = cfg.training, cfg.data.dataset_path
+    loader = TrainLoader(
+        path,
+        seq_len=t.seq_len,
+        micro_batch_size=t.micro_batch_size,
+        dp_rank=dp_rank,
+        dp_world_size=dp_degree,
+        seed=cfg.job.seed,
+        num_workers=cfg.data.num_workers,
+        pin_memory=pin_memory,
+        vocab_size=vocab_size,
+        allow_data_change=cfg.data.allow_data_change,
+    )
+    if not cfg.validation.enable:
+        return loader, []
+    v = cfg.validation
+    micro = v.micro_batch_size or t.micro_batch_size
+    val = build_val_batches(
+        path,
+        seq_len=t.seq_len,
+        micro_batch_size=micro,
+        num_tokens=v.tokens,
+        dp_rank=dp_rank,
+        dp_world_size=dp_degree,
+    )
+    return loader, val

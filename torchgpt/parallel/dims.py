@@ -133,3 +133,12 @@ def init_distributed(timeout_s: float) -> None:
 def device_type() -> str:
     """cuda when a GPU is visible, else cpu: the whole stack picks its backend from this."""
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def local_device() -> torch.device:
+    """This process's device: cuda:LOCAL_RANK (made current) when a GPU is visible, else cpu."""
+    if device_type() != "cuda":
+        return torch.device("cpu")
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.cuda.set_device(device)
+    return device
