@@ -28,6 +28,6 @@ trap 'echo "run_train.sh: stopped by a signal before training started: nothing w
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/find_python.sh"
 echo "run_train.sh: python $py ($py_why)" >&2
 
-# torchgpt.launch checks the config and the data in this one process, then runs torchrun.
-exec "$py" -m torchgpt.launch --nproc-per-node="${NGPU:-auto}" --log-rank="${LOG_RANK:-0}" \
+# torchgpt.run.launch checks the config and the data in this one process, then runs torchrun.
+exec "$py" -m torchgpt.run.launch --nproc-per-node="${NGPU:-auto}" --log-rank="${LOG_RANK:-0}" \
   --torchrun-args="${TORCHRUN_ARGS:-}" -- "$@"

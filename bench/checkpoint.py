@@ -29,23 +29,19 @@ from pathlib import Path
 import torch
 
 from torchgpt.checkpoint import CheckpointManager, ModelState, OptimizerState, RNGState, integrity
-from torchgpt.model import get_model_args, num_params
+from torchgpt.config.manager import load_config
+from torchgpt.model import num_params
 from torchgpt.parallel.dims import ParallelDims
-from torchgpt.train_module import build_train_module
+from torchgpt.step.build import build_train_module
+from torchgpt.step.config import TrainModuleConfig
 
 
 def build(flavor: str, seed: int) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
     """The trainer's model and AdamW, whose moments exist after one step on random tokens."""
-    module = build_train_module(
-        get_model_args(flavor),
-        ParallelDims(1, 1, 1),
-        None,
-        device=torch.device("cpu"),
-        seed=seed,
-        mixed_precision="fp32",
-        max_norm=1.0,
-        lr=1e-4,
-    )
+    overrides = [f"--model.flavor={flavor}", f"--job.seed={seed}", "--optimizer.lr=1e-4"]
+    cfg = load_config(None, overrides + ["--training.mixed_precision=fp32"])
+    step = TrainModuleConfig.from_job(cfg)
+    module = build_train_module(step, ParallelDims(1, 1, 1), None, device=torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     tokens = torch.randint(0, module.vocab_size, (2, 129), generator=gen)
     module.forward_backward([(tokens[:, :-1], tokens[:, 1:])])

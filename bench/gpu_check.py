@@ -34,9 +34,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimation.memory import analytic_memory  # noqa: E402
-from estimation.plan import TrainingPlan  # noqa: E402
-from torchgpt.config_manager import load_config  # noqa: E402
+from torchgpt.config.manager import load_config  # noqa: E402
+from torchgpt.estimation.memory import analytic_memory  # noqa: E402
+from torchgpt.estimation.plan import TrainingPlan  # noqa: E402
 from torchgpt.testing import write_synthetic_shards  # noqa: E402
 from torchgpt.train import Trainer  # noqa: E402
 

@@ -74,7 +74,7 @@ fi
 
 step env "$PY" -c "
 import platform, sys, torch
-from torchgpt import hardware
+from torchgpt.utils import hardware
 print('python', sys.version.split()[0], sys.executable)
 print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())
 if torch.cuda.is_available():
@@ -92,7 +92,7 @@ for name in ('numpy', 'tiktoken', 'tensorboard', 'wandb', 'lm_eval', 'datasets',
 
 step probe "$PY" -c "
 import torch
-from torchgpt.hardware import set_fp32_precision
+from torchgpt.utils.hardware import set_fp32_precision
 dev = 'cuda' if torch.cuda.is_available() else 'cpu'
 print('set:', set_fp32_precision(True))
 b = torch.backends
@@ -130,7 +130,7 @@ step profile "$PY" - "$recipe" "$data" "$OUT" "${size[@]}" --compile.enable=true
 import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
 from torchgpt.train import Trainer
 
 recipe, data, out, extra = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]

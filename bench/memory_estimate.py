@@ -10,7 +10,8 @@
 CPU table: for the debug config and the bench config (gpt2-d384-l6 flavor, seq 512, micro-batch
 8, global batch 16,384 tokens) at 1 and 2 processes and AC none / selective / full, the
 analytic and traced per-rank peaks against the real peak of a real step, measured as
-documented in estimation/realstep.py (exact resident tensor bytes + peak-RSS growth during the
+documented in torchgpt/estimation/realstep.py (exact resident tensor bytes + peak-RSS growth during
+the
 step, glibc set to unmap freed memory). Real steps run FSDP2 over gloo at 2 processes.
 """
 
@@ -24,14 +25,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from estimation.autosize import apply, resolve  # noqa: E402
-from estimation.memory import analytic_memory  # noqa: E402
-from estimation.plan import TrainingPlan  # noqa: E402
-from estimation.realstep import measure_real_peak  # noqa: E402
-from estimation.report import build_estimate  # noqa: E402
-from estimation.trace import trace_memory  # noqa: E402
-from torchgpt.config_manager import load_config  # noqa: E402
-from torchgpt.hardware import get_gpu  # noqa: E402
+from torchgpt.config.manager import load_config  # noqa: E402
+from torchgpt.estimation.autosize import apply, resolve  # noqa: E402
+from torchgpt.estimation.memory import analytic_memory  # noqa: E402
+from torchgpt.estimation.plan import TrainingPlan  # noqa: E402
+from torchgpt.estimation.realstep import measure_real_peak  # noqa: E402
+from torchgpt.estimation.report import build_estimate  # noqa: E402
+from torchgpt.estimation.trace import trace_memory  # noqa: E402
+from torchgpt.utils.hardware import get_gpu  # noqa: E402
 
 MIB, GIB = 2**20, 2**30
 DEBUG = ("debug", "train_configs/debug_model.toml", [])

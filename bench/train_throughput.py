@@ -34,10 +34,10 @@ from pathlib import Path
 
 import torch
 
-from torchgpt.config_manager import load_config
-from torchgpt.hardware import tune_host_malloc
+from torchgpt.config.manager import load_config
 from torchgpt.model.args import ModelArgs, num_matmul_params
 from torchgpt.train import Trainer
+from torchgpt.utils.hardware import tune_host_malloc
 
 REPO = Path(__file__).resolve().parents[1]
 

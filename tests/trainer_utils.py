@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
 from torchgpt.train import Trainer
 
 # fp32, no compile, no AC, tiny debug model: every layout must give the same numbers.

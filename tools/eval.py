@@ -28,8 +28,8 @@ import torch
 from torchgpt.eval.checkpoint_eval import EvalOptions, evaluate_checkpoint
 from torchgpt.eval.loading import is_run_dir, list_checkpoints
 from torchgpt.eval.results import EVAL_DIR_NAME, eval_json_path
-from torchgpt.hardware import tune_host_malloc
-from torchgpt.progress import quiet_bars_off_terminal
+from torchgpt.utils.hardware import tune_host_malloc
+from torchgpt.utils.progress import quiet_bars_off_terminal
 
 
 def _count(text: str) -> int:

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from torchgpt.config import ConfigError
-from torchgpt.config_manager import load_config
-from torchgpt.optim import lr_multiplier
+from torchgpt.config.job_config import ConfigError
+from torchgpt.config.manager import load_config
+from torchgpt.optim.lr_schedule import lr_multiplier
 from torchgpt.parallel.dims import init_distributed
 from torchgpt.train import Trainer
 

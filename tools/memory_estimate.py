@@ -11,7 +11,7 @@ usage:
 Memory is estimated twice: by formula from the model args, and by tracing one real training
 step (the trainer's TrainModule) under FakeTensorMode with a fake process group of N ranks,
 which allocates no real memory. "auto" micro-batch / activation checkpointing is resolved as the
-trainer resolves it at start (estimation/autosize.py) and printed. --gpu-memory-gib /
+trainer resolves it at start (torchgpt/estimation/autosize.py) and printed. --gpu-memory-gib /
 --gpu-tflops describe a GPU that is not in the table (or change one that is). Exit code 0 when
 the config fits, 3 when it does not, 2 on a config, layout or GPU error.
 """
@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-from estimation.chinchilla import chinchilla_table  # noqa: E402
-from estimation.report import build_estimate, chinchilla_lines, render_text, to_json  # noqa: E402
-from torchgpt.hardware import GPUS, GPUSpec, get_gpu  # noqa: E402
+from torchgpt.estimation.chinchilla import chinchilla_table  # noqa: E402
+from torchgpt.estimation.report import build_estimate, chinchilla_lines, render_text, to_json  # noqa: E402
+from torchgpt.utils.hardware import GPUS, GPUSpec, get_gpu  # noqa: E402
 
 EXIT_DOES_NOT_FIT = 3
 
@@ -118,14 +118,14 @@ def run(argv: list[str]) -> int:
     gpu = _gpu(args)
     if args.nproc < 1:
         raise ValueError(f"--nproc: {args.nproc} must be >= 1 (one process per GPU)")
-    from estimation.plan import TrainingPlan
-    from torchgpt.config_manager import load_config
+    from torchgpt.config.manager import load_config
+    from torchgpt.estimation.plan import TrainingPlan
 
     cfg = load_config(args.config, overrides, world_size=args.nproc)
     sizing = None
     if cfg.sizing_is_auto:  # as the trainer resolves it at start, for this GPU's memory
-        from estimation.autosize import apply, resolve
-        from estimation.speed import resolve_gpu
+        from torchgpt.estimation.autosize import apply, resolve
+        from torchgpt.estimation.speed import resolve_gpu
 
         memory = cfg.training.device_memory_gib or resolve_gpu(gpu)[1].memory_gib
         try:

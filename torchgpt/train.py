@@ -1,13 +1,14 @@
 """The training entry point: `python -m torchgpt.train CONFIG.toml [--section.key value ...]`.
 
-run_train.sh wraps it in torchrun (after torchgpt.launch's checks). main() checks the launch
-again in each worker (preflight), runs the Trainer (torchgpt/trainer.py), turns a failure into
+run_train.sh wraps it in torchrun (after torchgpt.run.launch's checks). main() checks the launch
+again in each worker (preflight), runs the Trainer (torchgpt/training/trainer.py), turns a failure
+into
 one line plus a traceback in train.log, and returns the README's exit codes. SIGTERM/SIGINT are
-stop requests (torchgpt/preemption.py) from the end of the process-group setup on, so a signal
+stop requests (torchgpt/run/preemption.py) from the end of the process-group setup on, so a signal
 in any later phase ends with last_exit.json written and the run-folder lock released. Until
 then they kill the worker as they always did: a worker waiting in the rendezvous for a peer that
 is gone runs no Python handler, and torchrun would wait its 30 s grace for it; the launcher
-removes a lock so left (torchgpt/launch.py).
+removes a lock so left (torchgpt/run/launch.py).
 """
 
 from __future__ import annotations
@@ -21,15 +22,15 @@ import traceback
 import torch
 import torch.distributed as dist
 
-from torchgpt.config import ConfigError, JobConfig
-from torchgpt.config_manager import help_text
-from torchgpt.hardware import tune_host_malloc
+from torchgpt.config.job_config import ConfigError, JobConfig
+from torchgpt.config.manager import help_text
 from torchgpt.parallel.dims import init_distributed
-from torchgpt.preemption import PreemptionHandler, die_with_launcher
-from torchgpt.preflight import preflight
-from torchgpt.run_files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
-from torchgpt.run_lock import RunFolderBusy, RunLock
-from torchgpt.trainer import NonFiniteLossError, Trainer
+from torchgpt.run.files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
+from torchgpt.run.lock import RunFolderBusy, RunLock
+from torchgpt.run.preemption import PreemptionHandler, die_with_launcher
+from torchgpt.run.preflight import preflight
+from torchgpt.training.trainer import NonFiniteLossError, Trainer
+from torchgpt.utils.hardware import tune_host_malloc
 
 __all__ = ["NonFiniteLossError", "Trainer", "main"]
 

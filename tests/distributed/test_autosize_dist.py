@@ -3,9 +3,9 @@
 import torch
 import torch.distributed as dist
 
-from torchgpt import sizing
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
 from torchgpt.testing import run_distributed_test
+from torchgpt.training import sizing
 
 AUTO = ["--training.micro_batch_size=auto", "--activation_checkpoint.mode=auto"]
 

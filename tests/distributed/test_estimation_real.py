@@ -1,22 +1,22 @@
 """The estimates against a REAL training step: 2 gloo processes, FSDP2, bf16, accumulation.
 
-The real peak is measured per rank as estimation/realstep.py documents (exact resident tensor
+The real peak is measured per rank as torchgpt/estimation/realstep.py documents (exact resident
+tensor
 bytes + growth of the OS peak-RSS counter during one full step, with glibc returning freed
 memory at once). Acceptance: traced within 10%, analytic within 20% of the real peak.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import pytest
 
-from estimation.memory import _loss_buffers, analytic_memory, element_bytes
-from estimation.plan import TrainingPlan
-from estimation.realstep import measure_real_peak
-from estimation.trace import trace_memory
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
+from torchgpt.estimation.memory import _loss_buffers, analytic_memory, element_bytes
+from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.realstep import measure_real_peak
+from torchgpt.estimation.trace import trace_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,7 +79,7 @@ def test_the_estimate_of_a_compiled_step_matches_its_real_peak(precision, micro)
     assert loss_item.nbytes == micro * 128 * 2 * bytes_per * plan.args.padded_vocab_size
     assert analytic.peak_bytes == pytest.approx(rank.peak_bytes, rel=0.05), (analytic, rank)
     # ...and the eager model of the same plan would be far off: the estimate follows compile.
-    eager = analytic_memory(dataclasses.replace(plan, compile_enable=False)).peak_bytes
+    eager = analytic_memory(plan.replace(compile_enable=False)).peak_bytes
     assert eager > 1.2 * rank.peak_bytes
     traced = trace_memory(plan).peak_bytes
     assert traced == pytest.approx(rank.peak_bytes, rel=0.05), (traced, rank)

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from tests.trainer_utils import read_metrics, run_trainer
-from torchgpt.provenance import cpu_name
 from torchgpt.testing import run_distributed_test
+from torchgpt.utils.provenance import cpu_name
 
 GOLDEN = Path(__file__).resolve().parents[1] / "golden_losses.json"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_launcher import fresh_env, launch
-from torchgpt.config import ConfigError
-from torchgpt.config_manager import load_config
+from torchgpt.config.job_config import ConfigError
+from torchgpt.config.manager import load_config
 from torchgpt.data.prepare import DEFAULT_VAL_FRACTION
-from torchgpt.preflight import preflight
+from torchgpt.run.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPES = [REPO / "train_configs" / n for n in ("mini_gpt_100m.toml", "modern_muon_100m.toml")]

@@ -14,7 +14,7 @@ import torch
 from tests.trainer_utils import BASE, train_in_process
 from torchgpt.checkpoint import load_full_model_state_dict, load_model_from_checkpoint
 from torchgpt.checkpoint.layout import read_best
-from torchgpt.config import ConfigError
+from torchgpt.config.job_config import ConfigError
 
 
 def train(data_dir: Path, dump: Path, overrides: list[str]) -> Path:

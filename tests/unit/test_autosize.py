@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from estimation.autosize import MIN_MICRO_TOKENS, _plan, resolve
-from estimation.memory import analytic_memory
-from estimation.verdict import usable_bytes
 from tests.trainer_utils import BASE, read_metrics, run_trainer
-from torchgpt import hardware
-from torchgpt.config import ConfigError
-from torchgpt.config_manager import load_config
-from torchgpt.hardware import GPUSpec
+from torchgpt.config.job_config import ConfigError
+from torchgpt.config.manager import load_config
+from torchgpt.estimation.autosize import MIN_MICRO_TOKENS, _plan, resolve
+from torchgpt.estimation.memory import analytic_memory
+from torchgpt.estimation.verdict import usable_bytes
+from torchgpt.utils import hardware
+from torchgpt.utils.hardware import GPUSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("memory_estimate", ROOT / "tools/memory_estimate.py")

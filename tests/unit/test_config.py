@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from torchgpt.config import ConfigError, JobConfig
-from torchgpt.config_manager import field_docs, help_text, load_config
+from torchgpt.config.job_config import ConfigError, JobConfig
+from torchgpt.config.manager import field_docs, help_text, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -103,7 +103,7 @@ def test_help_lists_every_key_with_type_default_doc():
     assert "--training.steps  (int, default 100)" in text
     assert "Optimizer steps to run." in text
     # Every field carries a doc string.
-    from torchgpt import config as c
+    from torchgpt.config import job_config as c
 
     for cls in (c.Job, c.Model, c.Data, c.Training, c.Optimizer, c.Checkpoint, c.Eval):
         assert set(field_docs(cls)) == set(cls.__dataclass_fields__), cls

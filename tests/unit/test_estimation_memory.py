@@ -15,21 +15,19 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed._tools.mem_tracker import MemTracker
 
-from estimation.memory import (
+from torchgpt.config.manager import load_config
+from torchgpt.estimation.memory import (
     _optimizer_moment,
     analytic_memory,
     element_bytes,
-    muon_matrix_shapes,
-    saved_bytes_per_token,
 )
-from estimation.plan import TrainingPlan
-from estimation.step import build_module, prime_optimizer_state
-from estimation.trace import (
+from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.step import build_module, prime_optimizer_state
+from torchgpt.estimation.trace import (
     _init_fake_process_group,
     sharding_propagation_untracked,
     trace_memory,
 )
-from torchgpt.config_manager import load_config
 from torchgpt.model.args import num_params
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,7 +80,7 @@ def test_resident_terms_are_exact_and_sharded() -> None:
 @pytest.mark.parametrize("flavor", ["debug", "debug-modern"])
 def test_muon_resident_state_is_one_buffer_for_the_muon_matrices(flavor: str) -> None:
     from torchgpt.model.gpt import GPT
-    from torchgpt.muon import muon_parameter_names
+    from torchgpt.optim.muon import matrix_shapes, muon_parameter_names
 
     muon = plan_for([f"--model.flavor={flavor}", "--optimizer.name=muon"], 2)
     adamw = plan_for([f"--model.flavor={flavor}", "--optimizer.name=adamw"], 2)
@@ -91,7 +89,7 @@ def test_muon_resident_state_is_one_buffer_for_the_muon_matrices(flavor: str) ->
         model = GPT(muon.args)
     params = dict(model.named_parameters())
     n_muon = sum(params[name].numel() for name in muon_parameter_names(model)[0])
-    assert n_muon == sum(r * c for r, c in muon_matrix_shapes(muon.args)) > 0
+    assert n_muon == sum(r * c for r, c in matrix_shapes(muon.args)) > 0
     n = num_params(muon.args, padded_vocab=True)
     local, muon_local = math.ceil(n / 2), math.ceil(n_muon / 2)  # sharded over 2 ranks
     state = analytic_memory(muon).by_category()["optimizer state"]
@@ -151,9 +149,8 @@ def test_activation_checkpointing_orders_memory() -> None:
     # GELU input and output 4d each = 14d; fp32 log-sum-exp per head (6 heads).
     plan = plan_for(bench)
     d = plan.args.dim
-    assert (
-        saved_bytes_per_token(plan.args, element_bytes(plan)) == 2 * 4 * d + 14 * 2 * d + 4 * 6 + 16
-    )
+    saved = plan.cost.saved_bytes_per_token(plan.args, element_bytes(plan))
+    assert saved == 2 * 4 * d + 14 * 2 * d + 4 * 6 + 16
 
 
 def test_trace_refuses_ddp_with_a_clear_error() -> None:
@@ -169,10 +166,10 @@ from pathlib import Path
 def rss(field):
     t = Path("/proc/self/status").read_text()
     return int(re.search(rf"^{field}:\s+(\d+) kB", t, re.M).group(1)) * 1024
-from estimation.plan import TrainingPlan
-from estimation.report import build_estimate
-from estimation.trace import trace_memory
-from torchgpt.config_manager import load_config
+from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.report import build_estimate
+from torchgpt.estimation.trace import trace_memory
+from torchgpt.config.manager import load_config
 import torch.distributed._tools.fsdp2_mem_tracker, torch._subclasses.fake_tensor
 cfg = load_config(sys.argv[1], sys.argv[2:], world_size=1)
 plan = TrainingPlan.from_config(cfg, 1)

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from estimation.chinchilla import (
+from torchgpt.config.manager import load_config
+from torchgpt.estimation.chinchilla import (
     chinchilla_loss,
     chinchilla_table,
     fitted_optimal_params,
     optimal_params_for_compute,
 )
-from estimation.plan import TrainingPlan
-from estimation.speed import estimate_speed, recompute_flops_per_token
-from torchgpt.config_manager import load_config
+from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.speed import estimate_speed, recompute_flops_per_token
 from torchgpt.model.args import flops_per_token
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from estimation.memory import analytic_memory
-from estimation.plan import TrainingPlan
-from estimation.verdict import usable_bytes
-from torchgpt.config_manager import load_config
-from torchgpt.hardware import get_gpu
+from torchgpt.config.manager import load_config
+from torchgpt.estimation.memory import analytic_memory
+from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.verdict import usable_bytes
+from torchgpt.utils.hardware import get_gpu
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = str(ROOT / "train_configs" / "mini_gpt_100m.toml")
@@ -142,7 +142,7 @@ def test_chinchilla_only(capsys: pytest.CaptureFixture) -> None:
     ],
 )
 def test_gpu_table_matches_full_device_names(device_name: str, key: str | None) -> None:
-    from torchgpt.hardware import match_gpu
+    from torchgpt.utils.hardware import match_gpu
 
     assert match_gpu(device_name) == key
 
@@ -150,14 +150,14 @@ def test_gpu_table_matches_full_device_names(device_name: str, key: str | None) 
 def test_an_unknown_gpu_warns_once_and_reports_no_mfu(monkeypatch, caplog) -> None:
     import torch
 
-    from torchgpt import hardware
+    from torchgpt.utils import hardware
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA RTX A6000")
     monkeypatch.setattr(hardware, "_warned", set())
     with caplog.at_level("WARNING"):
         assert hardware.detect_peak_tflops("cuda") is None
         assert hardware.detect_peak_tflops("cuda") is None
-    assert caplog.text.count("'NVIDIA RTX A6000' is not in torchgpt.hardware.GPUS") == 1
+    assert caplog.text.count("'NVIDIA RTX A6000' is not in torchgpt.utils.hardware.GPUS") == 1
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 PCIe")
     assert hardware.detect_peak_tflops("cuda") == 756.0
 

@@ -16,7 +16,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from tests.trainer_utils import BASE
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
 from torchgpt.train import Trainer
 
 SYNCS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "numpy", "cpu"}

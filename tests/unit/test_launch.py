@@ -11,8 +11,8 @@ import pytest
 
 from tests.trainer_utils import BASE, train_in_process
 from torchgpt import train
-from torchgpt.launch import _nnodes
-from torchgpt.progress import Progress, quiet_bars_off_terminal
+from torchgpt.run.launch import _nnodes
+from torchgpt.utils.progress import Progress, quiet_bars_off_terminal
 
 
 @pytest.mark.parametrize(

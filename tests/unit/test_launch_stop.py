@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from torchgpt import launch
-from torchgpt.config_manager import load_config
-from torchgpt.run_files import EXIT_RECORD_NAME, LAUNCH_ID_ENV, write_exit_record
-from torchgpt.run_lock import LOCK_NAME, RunLock
+from torchgpt.config.manager import load_config
+from torchgpt.run import launch
+from torchgpt.run.files import EXIT_RECORD_NAME, LAUNCH_ID_ENV, write_exit_record
+from torchgpt.run.lock import LOCK_NAME, RunLock
 
 CONFIG = "train_configs/debug_model.toml"
 
@@ -43,13 +43,13 @@ def test_a_signal_during_the_launchers_checks_starts_and_writes_nothing(
     run_dir = tmp_path / "debug"
     ckpt = _fake_checkpoint(run_dir, 20)
     before = sorted(p.name for p in run_dir.rglob("*"))
-    import torchgpt.preflight
+    import torchgpt.run.preflight
 
     def preflight_stopped(*args, **kwargs):
         signal.raise_signal(signal.SIGTERM)
         raise AssertionError("the signal did not stop the checks")
 
-    monkeypatch.setattr(torchgpt.preflight, "preflight", preflight_stopped)
+    monkeypatch.setattr(torchgpt.run.preflight, "preflight", preflight_stopped)
     handler = signal.getsignal(signal.SIGTERM)
     rc = launch.main(["--nproc-per-node", "1", "--", CONFIG, "--job.dump_folder", str(tmp_path)])
     err = capsys.readouterr().err

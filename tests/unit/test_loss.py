@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from torchgpt.model import GPT, get_model_args
-from torchgpt.train_module import token_cross_entropy_sum, token_loss
+from torchgpt.step.train_module import token_cross_entropy_sum, token_loss
 
 VOCAB, PADDED = 1000, 1088
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from tests.trainer_utils import read_metrics, run_trainer
-from torchgpt.optim import (
+from torchgpt.optim.adamw import build_adamw
+from torchgpt.optim.lr_schedule import (
     LRSchedule,
     build_lr_scheduler,
-    build_optimizer,
     lr_multiplier,
     resume_schedule,
     schedule_change_message,
@@ -77,13 +77,13 @@ def test_the_message_names_both_schedules_the_lr_jump_and_the_alternative():
 
 def test_the_schedule_travels_with_the_state_and_set_schedule_moves_the_next_lr():
     model = torch.nn.Linear(4, 4)
-    opt = build_optimizer(model, lr=1.0)
+    opt = build_adamw(model, lr=1.0)
     sched = build_lr_scheduler(opt, warmup_steps=2, total_steps=10)
     for _ in range(6):
         opt.step()
         sched.step()
     state = sched.state_dict()
-    twin_opt = build_optimizer(model, lr=1.0)
+    twin_opt = build_adamw(model, lr=1.0)
     twin_opt.load_state_dict(opt.state_dict())  # the lr of step 7 under the 10-step schedule
     twin = build_lr_scheduler(twin_opt, warmup_steps=2, total_steps=20)
     twin.load_state_dict(state)
@@ -97,7 +97,7 @@ def test_the_schedule_travels_with_the_state_and_set_schedule_moves_the_next_lr(
     twin.step()
     assert twin.get_last_lr() == [lr_multiplier(7, warmup_steps=2, total_steps=20)] * 2
     # A checkpoint from before LRSchedule (a plain function's None) has no saved schedule.
-    old = build_lr_scheduler(build_optimizer(model, lr=1.0), warmup_steps=2, total_steps=20)
+    old = build_lr_scheduler(build_adamw(model, lr=1.0), warmup_steps=2, total_steps=20)
     old.load_state_dict({**state, "lr_lambdas": [None, None]})
     assert old.saved_schedule is None
 

@@ -9,8 +9,8 @@ import types
 import pytest
 import torch
 
-from torchgpt import metrics
-from torchgpt.metrics import console_line, peak_memory, step_record
+from torchgpt.training import metrics
+from torchgpt.training.metrics import console_line, peak_memory, step_record
 
 
 def _record(memory: dict[str, float]) -> dict:
@@ -50,7 +50,7 @@ def test_cuda_memory_has_allocated_and_reserved(monkeypatch):
 
 
 def test_a_wandb_login_in_netrc_counts_as_a_key(monkeypatch, tmp_path):
-    from torchgpt import metrics
+    from torchgpt.training import metrics
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
@@ -71,7 +71,7 @@ def test_the_cpu_peak_is_per_interval_once_reset():
     so the allocation would not raise its RSS at all."""
     code = """if True:
         import torch
-        from torchgpt.metrics import peak_memory
+        from torchgpt.training.metrics import peak_memory
         cpu = torch.device("cpu")
         peak_memory(cpu, reset=True)
         big = torch.ones(100 * 2**20)  # 400 MiB, touched

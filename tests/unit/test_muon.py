@@ -8,10 +8,12 @@ import copy
 import pytest
 import torch
 
+from torchgpt.config.job_config import Optimizer
 from torchgpt.model import GPT
 from torchgpt.model.args import get_model_args
-from torchgpt.muon import MuonWithAdamW, muon_parameter_names
-from torchgpt.optim import build_lr_scheduler, build_optimizer
+from torchgpt.optim.lr_schedule import build_lr_scheduler
+from torchgpt.optim.muon import MuonWithAdamW, muon_parameter_names
+from torchgpt.optim.registry import optimizer_spec
 
 MUON = {"muon_lr": 0.02, "muon_momentum": 0.95, "muon_weight_decay": 0.01}
 
@@ -102,7 +104,8 @@ def test_one_step_is_torch_muon_and_torch_adamw_bitwise():
 
 def test_state_dict_round_trip_and_schedule():
     model = _model("debug")
-    opt = build_optimizer(model, lr=1e-3, weight_decay=0.1, muon=MUON)
+    section = Optimizer(name="muon", lr=1e-3, weight_decay=0.1, **MUON)
+    opt = optimizer_spec("muon").build(model, section, "cpu")
     sched = build_lr_scheduler(opt, warmup_steps=2, total_steps=10)
     _backward(model, 0)
     opt.step()
@@ -112,7 +115,7 @@ def test_state_dict_round_trip_and_schedule():
     assert lrs[True] == pytest.approx(0.02 * 1.0) and lrs[False] == pytest.approx(1e-3 * 1.0)
     saved = copy.deepcopy(opt.state_dict())
     twin = copy.deepcopy(model)
-    restored = build_optimizer(twin, lr=1e-3, weight_decay=0.1, muon=MUON)
+    restored = optimizer_spec("muon").build(twin, section, "cpu")
     restored.load_state_dict(saved)
     assert restored._adamw.state is restored.state  # the inner AdamW still sees the state
     for m, o in ((model, opt), (twin, restored)):

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from tests.trainer_utils import BASE, train_in_process
-from torchgpt import hardware
-from torchgpt.config_manager import load_config
-from torchgpt.hardware import resolve_mixed_precision, set_fp32_precision
+from torchgpt.config.manager import load_config
 from torchgpt.train import Trainer
+from torchgpt.utils import hardware
+from torchgpt.utils.hardware import resolve_mixed_precision, set_fp32_precision
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_onednn_capped_at_avx2_resolves_auto_to_fp32_on_any_x86():
     flags are then not trusted, the probe measures the slowdown, and auto picks fp32 (the way
     `make test` is timed as an AVX2 machine runs it; README)."""
     code = (
-        "from torchgpt import hardware as h; c = h.resolve_mixed_precision('auto', 'cpu');"
+        "from torchgpt.utils import hardware as h; c = h.resolve_mixed_precision('auto', 'cpu');"
         "print(h.cpu_bf16_flags(), c.value, h.measure_bf16_slowdown(), sep='|')"
     )
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
@@ -73,14 +73,14 @@ def test_onednn_capped_at_avx2_resolves_auto_to_fp32_on_any_x86():
 
 def test_explicit_bf16_on_a_slow_cpu_is_kept_and_warns_once_with_the_ratio(cpu_kind, caplog):
     cpu_kind([], 65.0)
-    with caplog.at_level(logging.WARNING, logger="torchgpt.hardware"):
+    with caplog.at_level(logging.WARNING, logger="torchgpt.utils.hardware"):
         first = resolve_mixed_precision("bf16", "cpu")
         second = resolve_mixed_precision("bf16", "cpu")
     assert first.value == second.value == "bf16"
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "65.0x the time of fp32" in warnings[0], warnings
     cpu_kind(["avx512_bf16"], 0.5)
-    with caplog.at_level(logging.WARNING, logger="torchgpt.hardware"):
+    with caplog.at_level(logging.WARNING, logger="torchgpt.utils.hardware"):
         caplog.clear()
         resolve_mixed_precision("bf16", "cpu")
     assert not caplog.records  # a CPU that accelerates bf16: nothing to warn about

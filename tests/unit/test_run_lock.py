@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from torchgpt.run_lock import LOCK_NAME, RunFolderBusy, RunLock, _proc_start_ticks
+from torchgpt.run.lock import LOCK_NAME, RunFolderBusy, RunLock, _proc_start_ticks
 
 
 def _write_lock(run_dir, **holder):

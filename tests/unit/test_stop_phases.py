@@ -17,9 +17,9 @@ import time
 import pytest
 
 from tests.trainer_utils import BASE, train_restoring_signals
-from torchgpt.config_manager import load_config
-from torchgpt.preemption import PreemptionHandler
-from torchgpt.run_files import EXIT_RECORD_NAME
+from torchgpt.config.manager import load_config
+from torchgpt.run.files import EXIT_RECORD_NAME
+from torchgpt.run.preemption import PreemptionHandler
 from torchgpt.train import Trainer
 
 CKPT = ["--checkpoint.enable", "true", "--checkpoint.interval", "100"]

@@ -1,5 +1,7 @@
-"""The package's structure: no file-level import cycle, the model above nothing of ours but
-itself, the report package layered one way, no file over 400 lines.
+"""The project's structure: no import cycle between files, nor between the package's folders
+(which import one way, in the layers below), nor between the project's packages; the model
+above nothing of ours but itself; the report layered one way; no file over 400 lines, each
+opening with what it is for.
 
 Every import statement counts, wherever it stands (module top, inside a function, under
 TYPE_CHECKING): a lazy import still ties two files together.
@@ -10,24 +12,51 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parents[2] / "torchgpt"
+ROOT = Path(__file__).resolve().parents[2]
+PKG = ROOT / "torchgpt"
+# The project's Python packages and script folders: everything of ours that imports.
+PROJECT = ("torchgpt", "tools", "bench", "tests")
+
+# torchgpt's folders (and top-level modules) by layer: each imports only lower layers. The
+# model, parallelism and utils import nothing of ours; the optimizers know the model's shapes;
+# the step (its description, the specs, the TrainModule) sits on those; the config validates
+# names against the specs; the estimator sits above the step it traces and below training and
+# the run lifecycle's callers (auto sizing); the entry point is on top.
+LAYERS = {
+    "__init__": 0,
+    "utils": 0,
+    "model": 0,
+    "parallel": 0,
+    "checkpoint": 1,
+    "optim": 1,
+    "step": 2,
+    "config": 3,
+    "data": 4,
+    "eval": 5,
+    "run": 5,
+    "testing": 5,
+    "estimation": 6,
+    "report": 6,
+    "training": 7,
+    "train": 8,
+}
 
 
 def _module_file(name: str) -> Path | None:
-    """torchgpt.a.b -> its file (a/b.py or a/b/__init__.py), None outside the package."""
+    """a.b.c -> its file (a/b/c.py or a/b/c/__init__.py) in the project, None elsewhere."""
     parts = name.split(".")
-    if parts[0] != "torchgpt":
+    if parts[0] not in PROJECT:
         return None
-    base = PKG.joinpath(*parts[1:])
+    base = ROOT.joinpath(*parts)
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():
             return candidate
     return None
 
 
-def import_graph() -> dict[Path, set[Path]]:
+def import_graph(roots: tuple[str, ...] = ("torchgpt",)) -> dict[Path, set[Path]]:
     graph: dict[Path, set[Path]] = {}
-    for path in sorted(PKG.rglob("*.py")):
+    for path in sorted(p for root in roots for p in (ROOT / root).rglob("*.py")):
         edges: set[Path] = set()
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             targets: list[str] = []
@@ -43,6 +72,24 @@ def import_graph() -> dict[Path, set[Path]]:
                     edges.add(file)
         graph[path] = edges
     return graph
+
+
+def _unit(path: Path) -> str:
+    """The folder of torchgpt a file belongs to (a top-level module is its own), or the
+    project package (tools, bench, tests) for files outside torchgpt."""
+    rel = path.relative_to(ROOT)
+    if rel.parts[0] != "torchgpt":
+        return rel.parts[0]
+    return rel.parts[1] if len(rel.parts) > 2 else Path(rel.parts[1]).stem
+
+
+def unit_graph(graph: dict[Path, set[Path]]) -> dict[Path, set[Path]]:
+    """The file graph collapsed to units (as paths, so `cycles` takes it)."""
+    units: dict[Path, set[Path]] = {}
+    for f, targets in graph.items():
+        edges = units.setdefault(Path(_unit(f)), set())
+        edges.update(Path(_unit(t)) for t in targets if _unit(t) != _unit(f))
+    return units
 
 
 def cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
@@ -81,11 +128,51 @@ def cycles(graph: dict[Path, set[Path]]) -> list[list[Path]]:
 
 
 def _rel(paths) -> list[str]:
-    return sorted(str(p.relative_to(PKG.parent)) for p in paths)
+    return sorted(str(p.relative_to(ROOT)) for p in paths)
 
 
 def test_no_import_cycle_between_files():
-    assert [_rel(c) for c in cycles(import_graph())] == []
+    assert [_rel(c) for c in cycles(import_graph(PROJECT))] == []
+
+
+def test_no_import_cycle_between_folders_or_packages():
+    """torchgpt's folders, and torchgpt / tools / bench / tests, import one way."""
+    assert [sorted(map(str, c)) for c in cycles(unit_graph(import_graph(PROJECT)))] == []
+
+
+def test_the_package_imports_nothing_of_the_tools_benchmarks_or_tests():
+    graph = import_graph(PROJECT)
+    outward = {
+        (str(f.relative_to(ROOT)), str(t.relative_to(ROOT)))
+        for f, targets in graph.items()
+        if PKG in f.parents
+        for t in targets
+        if PKG not in t.parents
+    }
+    assert outward == set()
+
+
+def test_folders_import_only_lower_layers():
+    units = unit_graph(import_graph())
+    assert {str(u) for u in units} <= set(LAYERS), "a new folder: give it a layer in LAYERS"
+    upward = sorted(
+        f"{u} (layer {LAYERS[str(u)]}) imports {t} (layer {LAYERS[str(t)]})"
+        for u, targets in units.items()
+        for t in targets
+        if LAYERS[str(t)] >= LAYERS[str(u)]
+    )
+    assert upward == []
+
+
+def test_every_file_opens_with_what_it_is_for():
+    roots = [PKG, ROOT / "tools", ROOT / "bench"]
+    bare = [
+        str(p.relative_to(ROOT))
+        for root in roots
+        for p in root.rglob("*.py")
+        if not ast.get_docstring(ast.parse(p.read_text()))
+    ]
+    assert bare == []
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -129,9 +216,9 @@ def test_report_package_is_layered_one_way():
 
 
 def test_files_are_at_most_400_lines():
-    roots = (PKG, PKG.parent / "estimation")
+    roots = [ROOT / name for name in PROJECT]
     long = {
-        str(p.relative_to(PKG.parent)): n
+        str(p.relative_to(ROOT)): n
         for root in roots
         for p in root.rglob("*.py")
         if (n := len(p.read_text().splitlines())) > 400

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.trainer_utils import BASE, read_metrics, run_trainer
-from torchgpt.config_manager import load_config
+from torchgpt.config.manager import load_config
+from torchgpt.step.train_module import TrainModule
 from torchgpt.train import NonFiniteLossError, Trainer
-from torchgpt.train_module import TrainModule
 
 
 def _grads_after_one_accumulation(data_dir, tmp_path, overrides):

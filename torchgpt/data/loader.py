@@ -30,7 +30,7 @@ from torchgpt.data.shards import (
 from torchgpt.data.tokenizer import TOKENIZER_NAME, VOCAB_SIZE
 
 if TYPE_CHECKING:
-    from torchgpt.config import JobConfig
+    from torchgpt.config.job_config import JobConfig
 
 __all__ = ["TrainLoader", "build_val_batches", "data_fingerprint", "read_manifest"]
 

@@ -26,7 +26,7 @@ from torchgpt.eval.results import (
 from torchgpt.eval.samples import generate_samples, load_prompts, settings_dict
 from torchgpt.eval.tasks import DEFAULT_TASKS
 from torchgpt.model import num_params
-from torchgpt.provenance import now_iso
+from torchgpt.utils.provenance import now_iso
 
 logger = logging.getLogger(__name__)
 

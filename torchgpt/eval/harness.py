@@ -25,7 +25,7 @@ from torchgpt.data.tokenizer import EOT_ID, get_tokenizer
 from torchgpt.eval.generation import Generator, head_on_rows
 from torchgpt.eval.loading import check_vocab, load_model
 from torchgpt.model import GPT
-from torchgpt.progress import Progress, is_terminal
+from torchgpt.utils.progress import Progress, is_terminal
 
 logger = logging.getLogger(__name__)
 

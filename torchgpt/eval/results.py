@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from torchgpt.provenance import git_commit, host_info
+from torchgpt.utils.provenance import git_commit, host_info
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """Validation loss of a checkpoint on the prepared val shards, defined exactly as the trainer's.
 
 `compute_val_loss` is the mean token cross-entropy in fp32 over the fixed val windows (summed in
-float64, divided by the token count): torchgpt.train_module.mean_token_loss, the function the
+float64, divided by the token count): torchgpt.step.train_module.mean_token_loss, the function
+the
 trainer validates with, on one process.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from torchgpt.train_module import mean_token_loss, perplexity
+from torchgpt.step.train_module import mean_token_loss, perplexity
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -33,7 +34,7 @@ def compute_val_loss(
 
     Returns:
         Sum of per-token losses divided by the number of target tokens (the trainer's
-        definition: torchgpt.train_module.mean_token_loss).
+        definition: torchgpt.step.train_module.mean_token_loss).
 
     Raises:
         ValueError: `batches` is empty.

@@ -2,7 +2,7 @@
 decoding with a KV cache (`generate`, `kv_cache`) and Hugging Face interop (`hf`, needs
 transformers).
 
-Import direction: this package imports neither `torchgpt.config` nor distributed code.
+Import direction: this package imports neither `torchgpt.config.job_config` nor distributed code.
 """
 
 from torchgpt.model.args import (

@@ -1,7 +1,15 @@
-"""ParallelDims: the single source of truth for data-parallel degrees, ranks and the device mesh.
+"""ParallelDims: the single source of truth for the parallel degrees, ranks and device meshes.
 
-dp_replicate x dp_shard must equal the world size. dp_shard > 1 with dp_replicate > 1 is HSDP,
-dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP).
+dp_replicate x dp_shard x tp must equal the world size. dp_shard > 1 with dp_replicate > 1 is
+HSDP, dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP). The
+tensor-parallel degree is 1 until tensor parallelism lands; its axis is named already.
+
+As in TorchTitan, the world mesh holds only the axes of degree > 1 (named dp_replicate,
+dp_shard, tp), and callers ask for a mesh by what it is for, never by rank arithmetic:
+`mesh_for("batch")` (the ranks that split the batch: data loading, the data-parallel rank and
+degree), `mesh_for("loss")` (the ranks whose losses are averaged), `mesh_for("fsdp")` /
+`mesh_for("ddp")` (what the data-parallel wrapper shards or replicates over) and
+`mesh_for("tp")`. Each is None where it would hold one rank.
 """
 
 from __future__ import annotations
@@ -10,10 +18,13 @@ import functools
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Literal
 
 import torch
 import torch.distributed as dist
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+
+MeshRole = Literal["batch", "loss", "fsdp", "ddp", "tp"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +33,15 @@ class ParallelDims:
     dp_shard: int
     world_size: int
     data_parallel: str = "fsdp"
+    tp: int = 1
     collective_timeout_s: float | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.dp_replicate * self.dp_shard * self.tp != self.world_size:
+            raise ValueError(
+                f"parallelism: dp_replicate({self.dp_replicate}) x dp_shard({self.dp_shard}) x "
+                f"tp({self.tp}) != world_size({self.world_size})"
+            )
 
     @classmethod
     def from_config(cls, par, world_size: int) -> ParallelDims:
@@ -48,10 +67,15 @@ class ParallelDims:
                 f"parallelism: dp_replicate({rep}) x dp_shard({shard}) = {rep * shard} "
                 f"!= world_size({world_size}); make the product equal the number of processes"
             )
-        return cls(rep, shard, world_size, par.data_parallel, par.collective_timeout_s)
+        return cls(
+            rep, shard, world_size, par.data_parallel, collective_timeout_s=par.collective_timeout_s
+        )
 
     @property
     def dp_degree(self) -> int:
+        """How many ranks split the batch: dp_replicate x dp_shard, the batch mesh's size (not
+        the world size: tensor-parallel ranks share their batch). Known without a process
+        group, so the estimator plans layouts with it."""
         return self.dp_replicate * self.dp_shard
 
     @property
@@ -68,19 +92,63 @@ class ParallelDims:
 
     @property
     def dp_rank(self) -> int:
-        """This process's index among the data-parallel ranks.
+        """This process's index among the ranks that split the batch (its batch-mesh rank)."""
+        batch = self.mesh_for("batch")
+        return batch.get_local_rank() if batch is not None else 0
 
-        FSDP, HSDP and DDP all split the batch over every process, so it is the global rank.
-        """
-        return dist.get_rank() if dist.is_initialized() else 0
+    @property
+    def loss_degree(self) -> int:
+        """How many ranks' losses make one step's mean (the loss mesh's size)."""
+        loss = self.mesh_for("loss")
+        return loss.size() if loss is not None else 1
+
+    def loss_group(self) -> dist.ProcessGroup | None:
+        """The process group the step's loss is summed over (None: one process)."""
+        loss = self.mesh_for("loss")
+        return loss.get_group() if loss is not None else None
 
     @functools.cached_property
     def mesh(self) -> DeviceMesh | None:
-        """The mesh of this layout on this machine's device type, built on first use."""
+        """The world mesh of this layout on this machine's device type, built on first use."""
         return self.build_mesh(device_type())
 
+    def mesh_for(self, role: MeshRole) -> DeviceMesh | None:
+        """This job's (sub)mesh for `role`, None where it would hold a single rank.
+
+        batch / loss: every data-parallel rank (dp_replicate x dp_shard; flattened under
+        HSDP); fsdp: what FSDP2 shards over (2-D (replicate, shard) under HSDP); ddp: the
+        replicas; tp: the tensor-parallel ranks (none while tp = 1).
+        """
+        return self._meshes.get(role)
+
+    @functools.cached_property
+    def _meshes(self) -> dict[str, DeviceMesh]:
+        return self.submeshes(self.mesh)
+
+    def submeshes(self, world: DeviceMesh | None) -> dict[str, DeviceMesh]:
+        """The role -> submesh map of a world mesh from `build_mesh`; empty on one process."""
+        if world is None:
+            return {}
+        wrapper = self.wrapper_mesh(world)
+        meshes = {"fsdp" if self.fsdp_enabled else "ddp": wrapper}
+        # Under HSDP the batch spans both axes: one flattened group (made on first use).
+        dp = wrapper._flatten("dp") if self.hsdp_enabled else wrapper
+        meshes["batch"] = meshes["loss"] = dp
+        if "tp" in (world.mesh_dim_names or ()):
+            meshes["tp"] = world["tp"]
+        return meshes
+
+    def wrapper_mesh(self, world: DeviceMesh) -> DeviceMesh:
+        """What FSDP2 shards over ((dp_replicate, dp_shard) under HSDP, dp_shard otherwise) or
+        DDP replicates over (dp_replicate), sliced out of a world mesh (the estimator passes
+        one it built on CPU)."""
+        if self.hsdp_enabled:
+            return world["dp_replicate", "dp_shard"]
+        return world["dp_shard" if self.fsdp_enabled else "dp_replicate"]
+
     def build_mesh(self, device_type: str) -> DeviceMesh | None:
-        """A 1-D mesh for FSDP/DDP, a 2-D (replicate, shard) mesh for HSDP; None on one process."""
+        """The world mesh over the axes of degree > 1: dp_shard (FSDP2) or dp_replicate (DDP)
+        alone, or (dp_replicate, dp_shard) for HSDP; None on one process."""
         if self.world_size == 1:
             return None
         if self.hsdp_enabled:

@@ -146,8 +146,9 @@ def parallelize_gpt(
     if compile_enable:
         apply_compile(model, compile_whole_model)
     if dims.fsdp_enabled:
+        fsdp_mesh = dims.wrapper_mesh(mesh)
         apply_fsdp(
-            model, mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward
+            model, fsdp_mesh, param_dtype=param_dtype, reshard_after_forward=reshard_after_forward
         )
         logger.info(
             "applied %s (replicate=%d, shard=%d)",
@@ -161,7 +162,7 @@ def parallelize_gpt(
     if dims.ddp_enabled:
         # Classic DDP: stable across the supported torch range (the composable `replicate`
         # API is still private and has changed between releases).
-        pg = mesh.get_group() if mesh is not None else None
+        pg = dims.wrapper_mesh(mesh).get_group() if mesh is not None else None
         model = DistributedDataParallel(model, process_group=pg, broadcast_buffers=False)
         logger.info("applied DDP over %d ranks", dims.world_size)
     return model

@@ -14,7 +14,7 @@ from typing import Any
 
 from torchgpt.eval.loading import CONFIG_NAME, read_metrics
 from torchgpt.eval.results import EVAL_DIR_NAME, read_eval_records
-from torchgpt.provenance import RUN_INFO_NAME
+from torchgpt.utils.provenance import RUN_INFO_NAME
 
 logger = logging.getLogger(__name__)
 

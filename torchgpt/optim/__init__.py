@@ -1,0 +1,1 @@
+"""Optimization: the optimizers (AdamW, Muon) and the learning-rate schedule."""

@@ -1,0 +1,70 @@
+"""The optimizer seam: `optimizer.name = NAME` is the module torchgpt/optim/NAME.py and its SPEC.
+
+An OptimizerSpec is what the step and the estimator need of an optimizer: how to build it over
+a (possibly sharded) model from the [optimizer] section, and its memory model, the state it
+keeps beside the fp32 master weights and what its update allocates for a moment. A new optimizer
+is one new file here defining SPEC, plus the config value (and any keys of its own in
+[optimizer]). Modules are imported on first lookup, so this file imports none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from torchgpt.model.args import ModelArgs
+
+# (label, category, bytes) rows, the estimator's MemoryItem fields.
+MemoryRows = list[tuple[str, str, int]]
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimizer for the step (`build`) and for the estimator (`state_rows`, `step_rows`).
+
+    Attributes:
+        build: (model, [optimizer] section, device type) -> the optimizer over the model's
+            trainable parameters.
+        state_rows: (model args, shard degree) -> the per-rank optimizer state resident through
+            the run (sharded `shard degree` ways under FSDP2).
+        step_rows: (model args, shard degree, sharded, [optimizer] section) -> what one update
+            allocates beside the state and the gradients, at its largest moment.
+        doc: one line for errors and --help.
+    """
+
+    build: Callable[[nn.Module, Any, str], torch.optim.Optimizer]
+    state_rows: Callable[[ModelArgs, int], MemoryRows]
+    step_rows: Callable[[ModelArgs, int, bool, Any], MemoryRows]
+    doc: str
+
+
+def available() -> list[str]:
+    """The optimizer names: modules of this folder that define SPEC."""
+    import torchgpt.optim as pkg
+
+    names = []
+    for info in pkgutil.iter_modules(pkg.__path__):
+        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        if isinstance(getattr(module, "SPEC", None), OptimizerSpec):
+            names.append(info.name)
+    return sorted(names)
+
+
+def optimizer_spec(name: str) -> OptimizerSpec:
+    """The SPEC of torchgpt/optim/NAME.py.
+
+    Raises:
+        ValueError: no such optimizer (the message lists those there are).
+    """
+    if name in available():
+        return importlib.import_module(f"torchgpt.optim.{name}").SPEC
+    raise ValueError(
+        f"optimizer.name: unknown optimizer {name!r}; available: {', '.join(available())} "
+        "(an optimizer is torchgpt/optim/NAME.py defining SPEC = OptimizerSpec(...))"
+    )

@@ -1,0 +1,1 @@
+"""One module per registered model (model.name): each defines SPEC = TrainSpec(...)."""

@@ -1,0 +1,26 @@
+"""model.name = gpt: the GPT-2-class decoder (torchgpt/model/gpt.py) in every flavor of
+torchgpt/model/args.py, parallelized by torchgpt/parallel/parallelize.py, costed by
+torchgpt/model/cost.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torchgpt.model import cost
+from torchgpt.model.args import ModelArgs, get_model_args
+from torchgpt.model.gpt import GPT
+from torchgpt.parallel.parallelize import parallelize_gpt
+from torchgpt.step.spec import TrainSpec
+
+
+def _model_args(section: Any) -> ModelArgs:
+    return get_model_args(section.flavor, qk_norm=section.qk_norm)
+
+
+SPEC = TrainSpec(
+    model_args=_model_args,
+    build_model=GPT,
+    parallelize=parallelize_gpt,
+    cost=cost,
+    doc="GPT-2-class decoder (flavors gpt2-*, modern-*, debug)",
+)
