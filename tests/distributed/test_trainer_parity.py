@@ -1,4 +1,5 @@
-"""Loss parity across parallel layouts (fp32): 1 process, FSDP2, DDP, 4-way FSDP2, HSDP 2x2.
+"""Loss parity across parallel layouts (fp32): 1 process, FSDP2 (each reshard policy), DDP,
+4-way FSDP2, HSDP 2x2.
 
 Same global batch, same data, same seed: the first 10 losses and gradient norms must agree to a
 relative 1e-5 (losses start near 10.8, so this is ~1e-4 absolute at worst; measured differences
@@ -29,8 +30,11 @@ def reference(token_shards, tmp_path_factory):
         (2, ["--parallelism.data_parallel", "ddp"]),
         (4, ["--parallelism.data_parallel", "fsdp"]),
         (4, ["--parallelism.dp_replicate", "2", "--parallelism.dp_shard", "2"]),  # HSDP 2x2
+        # FSDP2's reshard policies change when parameters are re-gathered, never the math.
+        (2, ["--parallelism.fsdp_reshard_after_forward", "always"]),
+        (2, ["--parallelism.fsdp_reshard_after_forward", "never"]),
     ],
-    ids=["fsdp2", "ddp2", "fsdp4", "hsdp2x2"],
+    ids=["fsdp2", "ddp2", "fsdp4", "hsdp2x2", "fsdp2-reshard-always", "fsdp2-reshard-never"],
 )
 def test_losses_match_single_process(reference, token_shards, tmp_path, world_size, layout):
     ref_loss, ref_gnorm = reference
