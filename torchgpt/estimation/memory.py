@@ -145,19 +145,21 @@ def _autocast_weight_copies(plan: TrainingPlan) -> list[MemoryItem]:
     return [MemoryItem("autocast bf16 weight copy (lm-head)", "transient", 2 * head)]
 
 
+def _head_saved(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
+    """What the step saves after the blocks, over the micro-batch's tokens."""
+    per_token = plan.cost.head_saved_bytes_per_token(plan.args, b)
+    return MemoryItem(
+        "final norm, lm-head input, tokens", "activations", plan.tokens_per_micro_batch * per_token
+    )
+
+
 def _loss_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
     """Start of the last micro-batch's backward: the cross-entropy gradient is being formed."""
-    args, tok = plan.args, plan.tokens_per_micro_batch
+    tok = plan.tokens_per_micro_batch
     blocks, _ = _blocks_saved(plan, b)
     items = _resident(plan) + _accumulated_grads(plan)
     items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
-    items.append(
-        MemoryItem(
-            "final norm, lm-head input, tokens",
-            "activations",
-            tok * plan.cost.head_saved_bytes_per_token(args, b),
-        )
-    )
+    items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=False) + _autocast_weight_copies(plan)
     items.append(_loss_buffers(plan, b))
     return items
@@ -166,9 +168,8 @@ def _loss_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
 def _loss_buffers(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
     """The loss's (B*T, V) tensors at the start of its backward, for the loss the step runs.
 
-    compile on: torchgpt.step.train_module's fused cross-entropy (compiled with the model)
-    saves the
-    padded logits in their compute dtype (bf16 under bf16) and its backward writes their
+    compile on: torchgpt.step.train_module's fused cross-entropy (compiled with the model) saves
+    the padded logits in their compute dtype (bf16 under bf16) and its backward writes their
     gradient in the same dtype, one fused pass each: 2 x B*T x Vp x compute bytes, no fp32 copy.
     compile off: eager F.cross_entropy on the sliced logits upcast to fp32; the logits
     themselves are gone (the TrainModule drops its reference and no op saved them), leaving the
@@ -193,13 +194,7 @@ def _lm_head_backward_moment(plan: TrainingPlan, b: ElementBytes) -> list[Memory
     vp, d = args.padded_vocab_size, args.dim
     items = _resident(plan) + _accumulated_grads(plan)
     items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
-    items.append(
-        MemoryItem(
-            "final norm, lm-head input, tokens",
-            "activations",
-            tok * plan.cost.head_saved_bytes_per_token(args, b),
-        )
-    )
+    items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
     grad_logits = (b.compute if plan.compile_enable else 4) * tok * vp
     items.append(MemoryItem("grad of the logits (B*T x Vp)", "transient", grad_logits))
@@ -217,13 +212,7 @@ def _block_backward_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryIt
     d, h, c = args.dim, args.hidden_dim, b.compute
     items = _resident(plan) + _accumulated_grads(plan)
     items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
-    items.append(
-        MemoryItem(
-            "final norm, lm-head input, tokens",
-            "activations",
-            tok * plan.cost.head_saved_bytes_per_token(args, b),
-        )
-    )
+    items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
     temps = recompute + 2 * b.residual * d + c * (2 * h + 4 * d)
     items.append(MemoryItem("block recompute + gradient temporaries", "transient", tok * temps))

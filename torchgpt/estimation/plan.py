@@ -23,14 +23,16 @@ PrecisionMode = Literal["fp32", "autocast-bf16", "fsdp-bf16"]  # train_module.pr
 
 
 # Keys of TrainingPlan.replace that change the step, as TrainModuleConfig spells them.
-_STEP_KEYS = {
+_STEP_KEYS = (
     "mixed_precision",
     "ac_mode",
     "ac_selective_option",
     "reshard_after_forward",
     "compile_enable",
     "max_norm",
-}
+)
+# The step's facts a plan reads through as attributes (the estimate's --json lists them flat).
+STEP_FIELDS = ("flavor", "steps", *_STEP_KEYS, "optimizer_implementation", "optimizer_name")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 from torchgpt.estimation.autosize import AutoSizing
 from torchgpt.estimation.chinchilla import ChinchillaRow, chinchilla_table, optimal_tokens
 from torchgpt.estimation.memory import MemoryEstimate, analytic_memory
-from torchgpt.estimation.plan import TrainingPlan
+from torchgpt.estimation.plan import STEP_FIELDS, TrainingPlan
 from torchgpt.estimation.speed import SpeedEstimate, estimate_speed, peak_flops_table, resolve_gpu
 from torchgpt.estimation.verdict import Verdict, decide, headroom_text
 from torchgpt.model.args import num_params
@@ -269,21 +269,6 @@ def _memory_json(m: MemoryEstimate | None) -> dict[str, Any] | None:
     }
 
 
-# The step's fields in the JSON plan, flat beside the layout's (the --json format of before).
-_STEP_JSON = (
-    "flavor",
-    "steps",
-    "mixed_precision",
-    "ac_mode",
-    "ac_selective_option",
-    "reshard_after_forward",
-    "compile_enable",
-    "max_norm",
-    "optimizer_implementation",
-    "optimizer_name",
-)
-
-
 def to_json(est: Estimate) -> dict[str, Any]:
     """The estimate as JSON-serializable data."""
     p, s, v = est.plan, est.speed, est.verdict
@@ -293,7 +278,7 @@ def to_json(est: Estimate) -> dict[str, Any]:
         "source": est.source,
         "plan": {
             **{k: val for k, val in dataclasses.asdict(p).items() if k != "step"},
-            **{k: getattr(p, k) for k in _STEP_JSON},
+            **{k: getattr(p, k) for k in STEP_FIELDS},
             "grad_accum": p.grad_accum,
             "precision_mode": p.precision_mode,
             "num_params": num_params(p.args),

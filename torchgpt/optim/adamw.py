@@ -51,15 +51,19 @@ def build_adamw(
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **kwargs)
 
 
+def adamw_args(section: Any) -> dict[str, Any]:
+    """AdamW's hyperparameters from the [optimizer] section (Muon's AdamW part takes them too)."""
+    return {
+        "lr": section.lr,
+        "betas": (section.beta1, section.beta2),
+        "eps": section.eps,
+        "weight_decay": section.weight_decay,
+    }
+
+
 def _build(model: nn.Module, section: Any, device_type: str) -> torch.optim.Optimizer:
     return build_adamw(
-        model,
-        lr=section.lr,
-        betas=(section.beta1, section.beta2),
-        eps=section.eps,
-        weight_decay=section.weight_decay,
-        implementation=section.implementation,
-        device_type=device_type,
+        model, **adamw_args(section), implementation=section.implementation, device_type=device_type
     )
 
 

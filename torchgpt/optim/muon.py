@@ -163,10 +163,7 @@ class MuonWithAdamW(torch.optim.Optimizer):
 def _build(model: nn.Module, section: Any, device_type: str) -> torch.optim.Optimizer:
     return MuonWithAdamW(
         model,
-        lr=section.lr,
-        betas=(section.beta1, section.beta2),
-        eps=section.eps,
-        weight_decay=section.weight_decay,
+        **adamw.adamw_args(section),
         muon_lr=section.muon_lr,
         muon_momentum=section.muon_momentum,
         muon_weight_decay=section.muon_weight_decay,

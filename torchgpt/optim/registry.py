@@ -9,8 +9,6 @@ is one new file here defining SPEC, plus the config value (and any keys of its o
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from torchgpt.model.args import ModelArgs
+from torchgpt.utils import plugins
 
 # (label, category, bytes) rows, the estimator's MemoryItem fields.
 MemoryRows = list[tuple[str, str, int]]
@@ -46,14 +45,9 @@ class OptimizerSpec:
 
 def available() -> list[str]:
     """The optimizer names: modules of this folder that define SPEC."""
-    import torchgpt.optim as pkg
+    import torchgpt.optim as package
 
-    names = []
-    for info in pkgutil.iter_modules(pkg.__path__):
-        module = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        if isinstance(getattr(module, "SPEC", None), OptimizerSpec):
-            names.append(info.name)
-    return sorted(names)
+    return plugins.available(package, OptimizerSpec)
 
 
 def optimizer_spec(name: str) -> OptimizerSpec:
@@ -62,9 +56,6 @@ def optimizer_spec(name: str) -> OptimizerSpec:
     Raises:
         ValueError: no such optimizer (the message lists those there are).
     """
-    if name in available():
-        return importlib.import_module(f"torchgpt.optim.{name}").SPEC
-    raise ValueError(
-        f"optimizer.name: unknown optimizer {name!r}; available: {', '.join(available())} "
-        "(an optimizer is torchgpt/optim/NAME.py defining SPEC = OptimizerSpec(...))"
-    )
+    import torchgpt.optim as package
+
+    return plugins.lookup(package, OptimizerSpec, name, key="optimizer.name", what="optimizer")

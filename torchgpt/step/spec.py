@@ -11,8 +11,6 @@ imported on first lookup, so this file imports none of them.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -21,6 +19,7 @@ from typing import Any
 from torch import nn
 
 from torchgpt.model.args import ModelArgs
+from torchgpt.utils import plugins
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,7 @@ def available() -> list[str]:
     """The model names: modules of torchgpt/step/specs/ that define SPEC."""
     from torchgpt.step import specs
 
-    names = []
-    for info in pkgutil.iter_modules(specs.__path__):
-        module = importlib.import_module(f"{specs.__name__}.{info.name}")
-        if isinstance(getattr(module, "SPEC", None), TrainSpec):
-            names.append(info.name)
-    return sorted(names)
+    return plugins.available(specs, TrainSpec)
 
 
 def train_spec(name: str) -> TrainSpec:
@@ -63,9 +57,6 @@ def train_spec(name: str) -> TrainSpec:
     Raises:
         ValueError: no such model (the message lists those there are).
     """
-    if name in available():
-        return importlib.import_module(f"torchgpt.step.specs.{name}").SPEC
-    raise ValueError(
-        f"model.name: unknown model {name!r}; available: {', '.join(available())} (a model is "
-        "torchgpt/step/specs/NAME.py defining SPEC = TrainSpec(...))"
-    )
+    from torchgpt.step import specs
+
+    return plugins.lookup(specs, TrainSpec, name, key="model.name", what="model")
