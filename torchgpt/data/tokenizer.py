@@ -258,3 +258,15 @@ def get_tokenizer(bpe_dir: str | os.PathLike | None = None) -> tiktoken.Encoding
         _ENCODING = _encoding_from_ranks() or _load_with_tiktoken()
     assert _ENCODING.n_vocab == VOCAB_SIZE and _ENCODING.eot_token == EOT_ID, "not gpt2"
     return _ENCODING
+
+
+def token_byte_lengths(enc: tiktoken.Encoding) -> list[int]:
+    """UTF-8 bytes of each token id's text (special tokens: their literal text), for bits per
+    byte: the bytes of a token sequence's decoded text are the sum of its tokens' lengths."""
+    lengths = []
+    for token in range(enc.n_vocab):
+        try:
+            lengths.append(len(enc.decode_single_token_bytes(token)))
+        except KeyError:  # an id with no bytes of its own (none in gpt2)
+            lengths.append(0)
+    return lengths

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import gc
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from torchgpt.checkpoint.states import TrainState
+from torchgpt.data.tokenizer import TokenizerUnavailable, get_tokenizer, token_byte_lengths
 from torchgpt.step.train_module import Batch, TrainModule, perplexity
 from torchgpt.training.metrics import (
     MetricsLogger,
@@ -151,7 +154,11 @@ class StepLogging:
 class Validation:
     """The fixed validation batches' mean token loss every validation.interval steps, at the
     last step, and whenever a checkpoint is due (so every checkpoint carries its val loss and
-    "best" is chosen among saved steps); one record, and the run's best val loss."""
+    "best" is chosen among saved steps); one record, and the run's best val loss.
+
+    The record also carries bits per byte (`val_bpb`): the summed loss in bits over the UTF-8
+    bytes of the validation targets' decoded text, a figure independent of the tokenizer
+    (counted once here, collective: build it on every rank at the same point)."""
 
     def __init__(
         self,
@@ -161,6 +168,11 @@ class Validation:
         set_phase: Callable[[str], None],
     ) -> None:
         self.cfg, self.module, self.batches, self.set_phase = cfg, module, batches, set_phase
+        self.tokens_per_byte: float | None = None
+        if cfg.validation.enable:
+            self.tokens_per_byte = _tokens_per_byte(
+                batches, cfg.data.tokenizer_dir, module.device, module.dims.loss_group()
+            )
 
     def due(self, step: int, last_step: int, force: bool = False) -> bool:
         v = self.cfg.validation
@@ -177,14 +189,40 @@ class Validation:
         if not self.due(step, last_step, force):
             return None
         val_loss = self.run()
-        metrics.log(
-            {
-                "step": step,
-                "val_loss": val_loss,
-                "val_ppl": perplexity(val_loss),
-                "tokens_seen": st.tokens_seen,
-            },
-            console=f"step {step:>6}  val_loss {val_loss:.4f}  val_ppl {perplexity(val_loss):.2f}",
-        )
+        record = {"step": step, "val_loss": val_loss, "val_ppl": perplexity(val_loss)}
+        console = f"step {step:>6}  val_loss {val_loss:.4f}  val_ppl {perplexity(val_loss):.2f}"
+        if self.tokens_per_byte is not None:
+            record["val_bpb"] = bits_per_byte(val_loss, self.tokens_per_byte)
+            console += f"  val_bpb {record['val_bpb']:.4f}"
+        metrics.log({**record, "tokens_seen": st.tokens_seen}, console=console)
         st.best_val_loss = min(st.best_val_loss, val_loss)
         return val_loss
+
+
+def bits_per_byte(loss: float, tokens_per_byte: float) -> float:
+    """Mean token loss in nats -> bits per UTF-8 byte of the text those tokens decode to."""
+    return loss * tokens_per_byte / math.log(2)
+
+
+def _tokens_per_byte(
+    batches: Sequence[Batch], tokenizer_dir: str, device: torch.device, group: Any
+) -> float | None:
+    """Target tokens / UTF-8 bytes of their text over every rank's validation batches (one
+    all-reduce); None, logged once, when the GPT-2 BPE files cannot be found."""
+    counts = torch.zeros(3, dtype=torch.float64)  # tokens, bytes, ranks without a tokenizer
+    try:
+        lengths = torch.tensor(token_byte_lengths(get_tokenizer(tokenizer_dir or None)))
+    except (TokenizerUnavailable, ValueError) as e:
+        logger.info("validation: no bits per byte (%s)", " ".join(str(e).split())[:200])
+        counts[2] = 1
+    else:
+        for _, targets in batches:
+            counts[0] += targets.numel()
+            counts[1] += lengths[targets].sum().double()
+    if dist.is_initialized():
+        counts = counts.to(device)  # where the group's backend reduces (NCCL: the GPU)
+        dist.all_reduce(counts, group=group)
+    tokens, n_bytes, missing = counts.tolist()
+    if missing or n_bytes == 0:
+        return None
+    return tokens / n_bytes
