@@ -142,21 +142,34 @@ class PickledState(Stateful):
 
 
 class TrainState(Stateful):
-    """Counters that must survive a restart (the step, tokens seen, best validation loss)."""
+    """Counters that must survive a restart (the step, tokens seen, best validation loss), and
+    the loop components' own small states in `extras` (name -> object with state_dict /
+    load_state_dict, e.g. the loss-spike guard's window).
+
+    Saved as one blob (PickledState), so an extra added later does not change the checkpoint's
+    keys: a checkpoint from before it loads, and the extra starts empty (logged).
+    """
 
     def __init__(self) -> None:
         self.step = 0
         self.tokens_seen = 0
         self.best_val_loss = math.inf
+        self.extras: dict[str, Any] = {}
 
     def state_dict(self) -> dict:
         return {
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "best_val_loss": self.best_val_loss,
+            **{name: extra.state_dict() for name, extra in self.extras.items()},
         }
 
     def load_state_dict(self, sd: dict) -> None:
         self.step = int(sd["step"])
         self.tokens_seen = int(sd["tokens_seen"])
         self.best_val_loss = float(sd["best_val_loss"])
+        for name, extra in self.extras.items():
+            if name in sd:
+                extra.load_state_dict(sd[name])
+            else:
+                logger.info("the checkpoint has no %s state (saved before it existed): empty", name)

@@ -106,6 +106,16 @@ class Training:
     than fp32); resolved at start, logged with its reason, recorded in config.json."""
     on_nonfinite: Literal["error", "skip"] = "error"
     """What a NaN/Inf loss does: stop with an error naming the step, or skip that optimizer step."""
+    spike_zscore: float = 0.0
+    """Loss-spike guard: skip the update of a step whose loss or grad norm is more than this
+    many standard deviations above the last spike_window accepted steps (every rank agrees;
+    counted and logged); 0 = off. 6 is a cautious value for a long run."""
+    spike_window: int = 100
+    """Accepted steps the spike guard's mean and standard deviation are taken over."""
+    spike_min_steps: int = 20
+    """Accepted steps the spike guard waits for before it can call a step a spike."""
+    spike_max_skips: int = 5
+    """This many spikes in a row stop the run (exit 1, the message names their steps)."""
     device_memory_gib: float = 0.0
     """Memory of one device that the "auto" choices size for; 0 = detect (a GPU's total memory,
     the smallest over all ranks; on CPU the host's available memory shared by its ranks)."""

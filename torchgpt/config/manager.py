@@ -264,6 +264,12 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
             f"({pr.wait} / {pr.warmup} / {pr.repeat}) must be >= 0, profiling.active "
             f"({pr.active}) >= 1"
         )
+    if t.spike_zscore < 0 or not 2 <= t.spike_min_steps <= t.spike_window or t.spike_max_skips < 1:
+        p.append(
+            f"training: spike_zscore={t.spike_zscore:g} must be >= 0 (0 = off), spike_min_steps="
+            f"{t.spike_min_steps} in [2, spike_window={t.spike_window}], spike_max_skips="
+            f"{t.spike_max_skips} >= 1"
+        )
     if t.device_memory_gib < 0:
         p.append(
             f"training.device_memory_gib: must be >= 0 (0 = detect), got {t.device_memory_gib}"

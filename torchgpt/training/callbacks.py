@@ -123,8 +123,15 @@ class StepLogging:
         self.tokens_since, self.steps_since = 0, 0
 
     def after_step(
-        self, metrics: MetricsLogger, st: TrainState, loss: float, gnorm: float, lr: float
+        self,
+        metrics: MetricsLogger,
+        st: TrainState,
+        loss: float,
+        gnorm: float,
+        lr: float,
+        extra: dict[str, float] | None = None,
     ) -> None:
+        """`extra`: more values for this step's record (only read at log steps)."""
         tokens = self.cfg.training.global_batch_tokens
         self.tokens_since += tokens
         self.steps_since += 1
@@ -147,6 +154,7 @@ class StepLogging:
             peak_tflops=self.peak_tflops,
             memory=peak_memory(self.device, reset=True),  # this interval's peak
         )
+        record.update(extra or {})
         metrics.log(record, console=console_line(record, last))
         self.tokens_since, self.steps_since = 0, 0
 

@@ -31,6 +31,7 @@ from torchgpt.step.train_module import TrainModule
 from torchgpt.training.callbacks import GarbageCollection, Profiler, StepLogging, Validation
 from torchgpt.training.metrics import MetricsLogger, StepTimer
 from torchgpt.training.sizing import resolve_auto_sizing, resolve_precision
+from torchgpt.training.spike_guard import SpikeGuard
 from torchgpt.training.train_eval import InTrainingEval
 from torchgpt.utils.hardware import configure_device, detect_peak_tflops
 
@@ -87,6 +88,11 @@ class Trainer:
             peak_tflops=self.peak_tflops,
         )
         self.validation = Validation(cfg, self.module, self.val_batches, self._set_phase)
+        t = cfg.training
+        self.spike_guard = SpikeGuard(
+            t.spike_zscore, t.spike_window, t.spike_min_steps, t.spike_max_skips
+        )
+        self.train_state.extras["spike_guard"] = self.spike_guard  # resumed with the counters
         self._owns_preemption = preemption is None
         self.preemption = preemption or PreemptionHandler()
         self.stop = RunStop(  # what a SIGTERM/SIGINT does to this run (torchgpt/run/stop.py)
@@ -234,8 +240,10 @@ class Trainer:
                     "optimizer.lr, check the data, or set training.on_nonfinite=skip"
                 )
             logger.warning("step %d: non-finite loss %s, skipping the update", step, loss_val)
+        # The loss-spike guard decides from the all-reduced numbers: the same on every rank.
+        apply = finite and self.spike_guard.check(self.train_state.step + 1, loss_val, gnorm)
         self.phase = "optimizer step"
-        self.module.step(apply=finite)
+        self.module.step(apply=apply)
         self.timer.lap("optimizer")
         return loss_val, gnorm
 
@@ -285,7 +293,12 @@ class Trainer:
             self.gc.step(st.step)
             self.profiler.step()
             lr = self.module.lr_scheduler.get_last_lr()[0]
-            self.step_logging.after_step(self.metrics, st, loss, gnorm, lr)
+            extra = (
+                {"skipped_updates": self.spike_guard.skipped_total}
+                if self.spike_guard.enabled
+                else None
+            )
+            self.step_logging.after_step(self.metrics, st, loss, gnorm, lr, extra)
             save_due = self.checkpointer.should_save(st.step, last_step=last_step)
             val_loss = self.validation.maybe_run(st.step, last_step, st, self.metrics, save_due)
             harness_due = self._maybe_harness_eval(st.step, last_step)
