@@ -12,8 +12,9 @@
 #   probe     TF32 through both torch APIs (set_fp32_precision) + a torch.compile'd MLP on the
 #             device, compared with eager
 #   gpu_check bench/gpu_check.py: the recipe's auto sizing, tokens/s, MFU, memory, compile
-#   resume    run_train.sh with the recipe on synthetic shards: 4 steps with a checkpoint at 2,
-#             then a second launch to 6 steps resuming from step 4
+#   resume    run_train.sh with the recipe on synthetic shards: 4 steps with a checkpoint at 2
+#             (and a CUDA memory snapshot of steps 1-2, the flight recorder on), then a second
+#             launch to 6 steps resuming from step 4
 #   profile   a kernel-time table (torch.profiler, self device time) of one compiled step
 # SKIP="gpu_check profile" leaves steps out (CI runs gpu_check --smoke in its own test).
 set -uo pipefail
@@ -119,7 +120,11 @@ write_synthetic_shards(sys.argv[1], train_tokens=int(sys.argv[2]), val_tokens=in
 run=(--data.dataset_path="$data" --job.dump_folder="$OUT/runs" --job.name=window
      --validation.tokens=$val_tokens --validation.interval=2 --checkpoint.interval=2
      --metrics.log_freq=1 --metrics.enable_wandb=false --data.verify_checksums=false "${size[@]}")
-step train_4 env PYTHON="$PY" NGPU=1 ./run_train.sh "$recipe" "${run[@]}" --training.steps=4
+# With a memory snapshot of the first 2 steps (CUDA; a no-op said once on CPU) and the NCCL
+# flight recorder switched on (its variables set before the process group starts).
+step train_4 env PYTHON="$PY" NGPU=1 ./run_train.sh "$recipe" "${run[@]}" --training.steps=4 \
+  --profiling.memory_snapshot=true --profiling.memory_snapshot_steps=2 --profiling.flight_recorder=true
+ls -l "$OUT/runs/window/memory_snapshot" 2>/dev/null | sed 's/^/   snapshot: /' | tee -a "$summary"
 step resume_6 env PYTHON="$PY" NGPU=1 ./run_train.sh "$recipe" "${run[@]}" --training.steps=6 \
   --checkpoint.allow_change=training.steps
 grep -h "resumed from step" "$OUT/resume_6.log" "$OUT/runs/window/train.log" 2>/dev/null | head -1 |

@@ -24,11 +24,13 @@ import torch.distributed as dist
 
 from torchgpt.config.job_config import ConfigError, JobConfig
 from torchgpt.config.manager import help_text
-from torchgpt.parallel.dims import init_distributed
+from torchgpt.parallel.dims import device_type, init_distributed, local_device
 from torchgpt.run.files import LAUNCH_ID_ENV, LOG_FORMAT, RunFiles
+from torchgpt.run.flight_recorder import enable_flight_recorder
 from torchgpt.run.lock import RunFolderBusy, RunLock
 from torchgpt.run.preemption import PreemptionHandler, die_with_launcher
 from torchgpt.run.preflight import preflight
+from torchgpt.training.memory import MemorySnapshot, out_of_memory_hint
 from torchgpt.training.trainer import NonFiniteLossError, Trainer
 from torchgpt.utils.hardware import tune_host_malloc
 
@@ -102,17 +104,24 @@ def _main(toml_path: str | None, overrides: list[str], stop: PreemptionHandler) 
             return 2
     stop.on_exit_now.append(lock.release)  # a second signal exits at once: release it first
     try:
-        return _run(cfg, rank, stop)
+        return _run(cfg, rank, stop, toml_path)
     finally:
         lock.release()
 
 
-def _run(cfg: JobConfig, rank: int, stop: PreemptionHandler) -> int:
-    trainer = None
+def _run(cfg: JobConfig, rank: int, stop: PreemptionHandler, toml_path: str | None) -> int:
+    trainer = snapshot = None
+    pr = cfg.profiling
     try:
+        if pr.flight_recorder:  # read by ProcessGroupNCCL when it starts: set them first
+            enable_flight_recorder(
+                cfg.run_dir, pr.flight_recorder_entries, nccl=device_type() == "cuda"
+            )
         init_distributed(cfg.parallelism.collective_timeout_s)
         stop.install()  # from here a signal is a stop request: setup ends, then the run stops
-        trainer = Trainer(cfg, preemption=stop)
+        # Before the model exists, so a snapshot shows setup's allocations too.
+        snapshot = MemorySnapshot(pr, cfg.run_dir, rank, local_device())
+        trainer = Trainer(cfg, preemption=stop, memory_snapshot=snapshot)
         trainer.train()
     except ConfigError as e:  # found by the workers (e.g. a checkpoint of another model)
         if rank == 0:
@@ -120,6 +129,10 @@ def _run(cfg: JobConfig, rank: int, stop: PreemptionHandler) -> int:
         return 2
     except Exception as e:
         _report_failure(e, cfg, trainer)
+        if isinstance(e, torch.OutOfMemoryError):
+            dumped = snapshot.on_out_of_memory() if snapshot is not None else None
+            tool = f"python tools/memory_estimate.py {toml_path or 'CONFIG.toml'} [same overrides]"
+            print(out_of_memory_hint(e, dumped, tool), file=sys.stderr)
         # No destroy_process_group: a peer may still sit in a collective, and tearing the
         # group down under it can block; the process exits and torchrun stops the others.
         if trainer is not None:

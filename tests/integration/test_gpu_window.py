@@ -38,6 +38,9 @@ def test_the_gpu_window_smoke_runs_every_step(tmp_path):
     assert "mixed_precision auto -> PrecisionChoice(value=" in env_log
     assert "compiled vs eager max abs diff" in (out / "probe.log").read_text()
     assert "resumed from step 4" in summary
+    train_log = (out / "train_4.log").read_text()
+    assert "profiling.memory_snapshot: the CUDA caching allocator" in train_log  # CPU: no-op
+    assert "flight recorder: the last" in train_log
     run = out / "runs" / "window"
     assert json.loads((run / "last_exit.json").read_text())["step"] == 6
     assert "aten::" in (out / "profile.txt").read_text()

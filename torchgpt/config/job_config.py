@@ -291,6 +291,22 @@ class Profiling:
     """Steps recorded in each cycle."""
     repeat: int = 1
     """Recording cycles (0: until the run ends)."""
+    memory_snapshot: bool = False
+    """CUDA: record the caching allocator's history (every allocation with its stack) from the
+    start, dump RUN_DIR/memory_snapshot/rank{R}.step{N}.pickle after memory_snapshot_steps
+    steps, and rank{R}.oom.pickle on an out-of-memory error before the process exits (open
+    either at pytorch.org/memory_viz). CPU: a no-op, said once."""
+    memory_snapshot_steps: int = 3
+    """Optimizer steps recorded before the snapshot is dumped (recording then stops)."""
+    memory_snapshot_entries: int = 100_000
+    """Allocator events kept (a ring buffer): more covers longer steps, costs host memory."""
+    flight_recorder: bool = False
+    """NCCL flight recorder: every rank keeps its last flight_recorder_entries collectives and
+    dumps them to RUN_DIR/flight_recorder/rank_{R} when a collective times out (analyze with
+    `python -m torch.distributed.flight_recorder.fr_trace RUN_DIR/flight_recorder`). Sets the
+    TORCH_FR_* / TORCH_NCCL_* variables before the process group starts; gloo ignores them."""
+    flight_recorder_entries: int = 20_000
+    """Collectives the flight recorder's ring buffer holds per rank."""
 
 
 @dataclass

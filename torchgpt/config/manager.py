@@ -270,6 +270,16 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
             f"{t.spike_min_steps} in [2, spike_window={t.spike_window}], spike_max_skips="
             f"{t.spike_max_skips} >= 1"
         )
+    if (
+        pr.memory_snapshot_steps < 1
+        or pr.memory_snapshot_entries < 1
+        or (pr.flight_recorder_entries < 1)
+    ):
+        p.append(
+            f"profiling: memory_snapshot_steps={pr.memory_snapshot_steps}, "
+            f"memory_snapshot_entries={pr.memory_snapshot_entries} and flight_recorder_entries="
+            f"{pr.flight_recorder_entries} must be >= 1"
+        )
     if t.device_memory_gib < 0:
         p.append(
             f"training.device_memory_gib: must be >= 0 (0 = detect), got {t.device_memory_gib}"

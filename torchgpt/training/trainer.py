@@ -29,6 +29,7 @@ from torchgpt.step.build import build_train_module
 from torchgpt.step.config import TrainModuleConfig
 from torchgpt.step.train_module import TrainModule
 from torchgpt.training.callbacks import GarbageCollection, Profiler, StepLogging, Validation
+from torchgpt.training.memory import MemorySnapshot
 from torchgpt.training.metrics import MetricsLogger, StepTimer
 from torchgpt.training.sizing import resolve_auto_sizing, resolve_precision
 from torchgpt.training.spike_guard import SpikeGuard
@@ -50,6 +51,9 @@ class Trainer:
         module_cls: A TrainModule subclass to build instead of TrainModule (fault injection).
         preemption: The stop-request handler when the caller installed one before setup
             (torchgpt/train.py); by default the Trainer makes its own, installed in train().
+        memory_snapshot: The CUDA memory recorder when the caller started it before setup
+            (torchgpt/train.py); by default the Trainer starts its own
+            (profiling.memory_snapshot).
     """
 
     def __init__(
@@ -58,10 +62,14 @@ class Trainer:
         *,
         module_cls: type[TrainModule] | None = None,
         preemption: PreemptionHandler | None = None,
+        memory_snapshot: MemorySnapshot | None = None,
     ):
         self.cfg = cfg
         self._module_cls = module_cls
         self._setup_runtime()
+        self.memory_snapshot = memory_snapshot or MemorySnapshot(
+            cfg.profiling, self.run_dir, self.rank, self.device
+        )
         self._build_train_module()
         self._build_data()
         self._build_checkpointer()
@@ -292,6 +300,7 @@ class Trainer:
             st.tokens_seen += cfg.training.global_batch_tokens
             self.gc.step(st.step)
             self.profiler.step()
+            self.memory_snapshot.step(st.step)
             lr = self.module.lr_scheduler.get_last_lr()[0]
             extra = (
                 {"skipped_updates": self.spike_guard.skipped_total}
@@ -360,6 +369,7 @@ class Trainer:
         """Close the metrics sinks and run files; put back the signal handlers train() set."""
         self.stop.detach()
         self.gc.close()
+        self.memory_snapshot.stop()
         if self.profiler is not None:
             self.profiler.close()
         if self._owns_preemption:
