@@ -261,6 +261,11 @@ class Metrics:
     """W&B project name."""
     peak_tflops: float = 0.0
     """Peak bf16 TFLOP/s of one device for MFU; 0 = look up the GPU, or unknown on CPU."""
+    layer_stats: bool = False
+    """At log steps, per transformer block: gradient norm (before clipping), weight norm,
+    update / weight norm ratio and the RMS of the residual stream after the block, as
+    layer_grad_norm/NN, layer_weight_norm/NN, layer_update_ratio/NN, layer_act_rms/NN in the
+    step records, TensorBoard and W&B (cost: BENCHMARK.md)."""
 
 
 @dataclass

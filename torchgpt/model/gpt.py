@@ -182,6 +182,9 @@ class GPT(nn.Module):
         cos, sin = self._rope_tables(device=None)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        # Set to [] to collect each block's output mean square in the next forwards (detached,
+        # on the device; torchgpt/training/layer_stats.py); None collects nothing.
+        self.residual_ms: list[Tensor] | None = None
 
     def _rope_tables(self, device: torch.device | None) -> tuple[Tensor | None, Tensor | None]:
         if self.args.pos_embedding != "rope":
@@ -319,6 +322,8 @@ class GPT(nn.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = kv_cache[i] if kv_cache is not None else None
             x = layer(x, rope_cos, rope_sin, layer_cache, start_pos, attn_mask)  # (B, T, d)
+            if self.residual_ms is not None:
+                self.residual_ms.append(x.detach().float().pow(2).mean())
         x = self.norm(x)
         logits = self.output(x)  # (B, T, padded_vocab)
         if padded_vocab:

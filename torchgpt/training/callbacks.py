@@ -122,6 +122,10 @@ class StepLogging:
         )
         self.tokens_since, self.steps_since = 0, 0
 
+    def is_log_step(self, step: int) -> bool:
+        """Steps with a record: every metrics.log_freq-th, the first and the last."""
+        return step % self.cfg.metrics.log_freq == 0 or step in (1, self.cfg.training.steps)
+
     def after_step(
         self,
         metrics: MetricsLogger,
@@ -136,7 +140,7 @@ class StepLogging:
         self.tokens_since += tokens
         self.steps_since += 1
         last = self.cfg.training.steps
-        if st.step % self.cfg.metrics.log_freq != 0 and st.step not in (1, last):
+        if not self.is_log_step(st.step):
             return
         phases = self.timer.pop()
         record = step_record(

@@ -29,6 +29,7 @@ from torchgpt.step.build import build_train_module
 from torchgpt.step.config import TrainModuleConfig
 from torchgpt.step.train_module import TrainModule
 from torchgpt.training.callbacks import GarbageCollection, Profiler, StepLogging, Validation
+from torchgpt.training.layer_stats import LayerStats
 from torchgpt.training.memory import MemorySnapshot
 from torchgpt.training.metrics import MetricsLogger, StepTimer
 from torchgpt.training.sizing import resolve_auto_sizing, resolve_precision
@@ -101,6 +102,9 @@ class Trainer:
             t.spike_zscore, t.spike_window, t.spike_min_steps, t.spike_max_skips
         )
         self.train_state.extras["spike_guard"] = self.spike_guard  # resumed with the counters
+        self.layer_stats = LayerStats(
+            self.model, enabled=cfg.metrics.layer_stats, batch_group=self.dims.loss_group()
+        )
         self._owns_preemption = preemption is None
         self.preemption = preemption or PreemptionHandler()
         self.stop = RunStop(  # what a SIGTERM/SIGINT does to this run (torchgpt/run/stop.py)
@@ -221,7 +225,11 @@ class Trainer:
         micro_batches = [next(self.data_iter) for _ in range(self.grad_accum)]
         self.timer.lap("data")
         self.phase = "forward/backward (FSDP all-gather / reduce-scatter, DDP all-reduce)"
+        step = self.train_state.step + 1
+        per_layer = self.layer_stats.start(self.step_logging.is_log_step(step))  # None: not now
         loss_sum = self.module.forward_backward(micro_batches)
+        if per_layer:
+            per_layer.gradients()
         self.timer.lap("forward_backward")
         self.phase = "clip_grad_norm (all-reduce of the gradient norm)"
         grad_norm = self.module.clip_grad_norm()
@@ -241,7 +249,6 @@ class Trainer:
         self.stop.agreed = flag > 0
         finite = math.isfinite(loss_val) and math.isfinite(gnorm)
         if not finite:
-            step = self.train_state.step + 1
             if self.cfg.training.on_nonfinite == "error":
                 raise NonFiniteLossError(
                     f"non-finite loss {loss_val} / grad norm {gnorm} at step {step}; lower "
@@ -249,9 +256,13 @@ class Trainer:
                 )
             logger.warning("step %d: non-finite loss %s, skipping the update", step, loss_val)
         # The loss-spike guard decides from the all-reduced numbers: the same on every rank.
-        apply = finite and self.spike_guard.check(self.train_state.step + 1, loss_val, gnorm)
+        apply = finite and self.spike_guard.check(step, loss_val, gnorm)
         self.phase = "optimizer step"
+        if per_layer:
+            per_layer.weights()
         self.module.step(apply=apply)
+        if per_layer:
+            per_layer.updates()
         self.timer.lap("optimizer")
         return loss_val, gnorm
 
@@ -302,11 +313,9 @@ class Trainer:
             self.profiler.step()
             self.memory_snapshot.step(st.step)
             lr = self.module.lr_scheduler.get_last_lr()[0]
-            extra = (
-                {"skipped_updates": self.spike_guard.skipped_total}
-                if self.spike_guard.enabled
-                else None
-            )
+            extra = self.layer_stats.record()  # {} unless this was a log step with them on
+            if self.spike_guard.enabled:
+                extra["skipped_updates"] = self.spike_guard.skipped_total
             self.step_logging.after_step(self.metrics, st, loss, gnorm, lr, extra)
             save_due = self.checkpointer.should_save(st.step, last_step=last_step)
             val_loss = self.validation.maybe_run(st.step, last_step, st, self.metrics, save_due)
