@@ -141,9 +141,9 @@ def test_mini_gpt_100m_recipe_two_real_steps(token_shards, tmp_path):
 
 
 def test_in_training_harness_eval_on_two_processes(token_shards, shared_dir, tmp_path):
-    """eval.enable at 2 processes (bf16): rank 0 scores the step's weights on the training
-    device in the training dtype while rank 1 waits; the scores are those of the same weights
-    scored afterwards by the harness in bf16."""
+    """eval.enable at 2 processes (bf16): both ranks score the step's weights on the training
+    device in the training dtype, each its share of the requests; the scores are those of the
+    same weights scored afterwards by the harness in one process in bf16."""
     from torchgpt.eval import run_harness_eval
     from torchgpt.eval.loading import load_model
 
@@ -180,7 +180,8 @@ def test_in_training_harness_eval_on_two_processes(token_shards, shared_dir, tmp
     run_dir = tmp_path / "debug"
     (record,) = [r for r in _records(run_dir) if "eval/piqa/acc" in r]
     assert record["step"] == 4
-    assert "harness (limit 12, cpu in bfloat16" in (run_dir / "train.log").read_text()
+    log = (run_dir / "train.log").read_text()
+    assert "harness (limit 12, cpu in bfloat16, requests sharded over 2 ranks" in log
     model, _ = load_model(run_dir / "model.pt")
     again = run_harness_eval(
         model, tasks=["piqa", "arc_easy"], limit=12, data_dir=eval_dir, dtype="bfloat16"

@@ -56,6 +56,10 @@ class TorchGPTLM(TemplateLM):
             AVX-512 BF16); log-probabilities are always computed in fp32.
         max_length: context window; default the model's max_seq_len.
         max_gen_toks: default generation budget for generate_until.
+        shard_group: score requests on every rank of this process group (each rank holding
+            the same model and the same requests): the batches, cut exactly as one rank would
+            cut them, are dealt out in turn and the results gathered, so the scores are those
+            of one rank, bitwise. generate_until is not sharded (each rank runs all of it).
     """
 
     backend = "causal"
@@ -68,9 +72,11 @@ class TorchGPTLM(TemplateLM):
         dtype: str = "float32",
         max_length: int | None = None,
         max_gen_toks: int = 256,
+        shard_group: Any = None,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        self._shard_group = shard_group
         if isinstance(pretrained, GPT):
             self.model = pretrained
         else:
@@ -179,14 +185,27 @@ class TorchGPTLM(TemplateLM):
         # Rate and ETA on stderr, like the harness's own backends (longest requests come first,
         # so the early rate is the slowest); a line every 10 s when stderr is a log file.
         disable = getattr(self, "_progress_off", disable_tqdm)
-        progress = Progress(len(requests), "loglikelihood requests", disable=disable)
-        for chunk in collator.get_batched(n=self.batch_size):
-            for request, answer in zip(chunk, self._score_chunk(chunk), strict=True):
+        chunks = list(collator.get_batched(n=self.batch_size))
+        rank, world = _rank_and_size(self._shard_group)
+        mine = list(range(rank, len(chunks), world))  # every world-th batch, from this rank's
+        total = sum(len(chunks[i]) for i in mine)
+        progress = Progress(total, "loglikelihood requests", disable=disable or rank > 0)
+        scored: dict[int, list[tuple[float, bool]]] = {}
+        for i in mine:
+            scored[i] = self._score_chunk(chunks[i])
+            progress.update(len(chunks[i]))
+        progress.close()
+        if world > 1:
+            import torch.distributed as dist
+
+            parts: list[Any] = [None] * world
+            dist.all_gather_object(parts, scored, group=self._shard_group)
+            scored = {i: answers for part in parts for i, answers in part.items()}
+        for i, chunk in enumerate(chunks):
+            for request, answer in zip(chunk, scored[i], strict=True):
                 results.append(answer)
                 if request[0] is not None:
                     self.cache_hook.add_partial("loglikelihood", request[0], answer)
-            progress.update(len(chunk))
-        progress.close()
         return collator.get_original(results)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
@@ -231,6 +250,35 @@ class TorchGPTLM(TemplateLM):
         self._progress_off = disable_tqdm
         with _eval_mode(self.model):
             return super().loglikelihood(requests, disable_tqdm=disable_tqdm or not is_terminal())
+
+
+def _rank_and_size(group: Any) -> tuple[int, int]:
+    """This process's rank in `group` and its size; (0, 1) for no group."""
+    if group is None:
+        return 0, 1
+    import torch.distributed as dist
+
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+@contextlib.contextmanager
+def _every_rank_gets_results(shard_group: Any) -> Iterator[None]:
+    """simple_evaluate returns its results only where LOCAL_RANK is 0 (lm-eval's guard for
+    its own tensor-parallel launches); each sharded rank here computes the whole result, so
+    it reads LOCAL_RANK 0 for the call."""
+    import os
+
+    saved = os.environ.get("LOCAL_RANK")
+    if shard_group is not None:
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if shard_group is not None:
+            if saved is None:
+                os.environ.pop("LOCAL_RANK", None)
+            else:
+                os.environ["LOCAL_RANK"] = saved
 
 
 @contextlib.contextmanager
@@ -284,6 +332,7 @@ def run_harness_eval(
     dtype: str = "float32",
     log_samples: bool = False,
     include_paths: list[str] | tuple[str, ...] = (),
+    shard_group: Any = None,
 ) -> dict[str, Any]:
     """Score `model` on lm-eval tasks with the harness's own prompts and metrics (0-shot).
 
@@ -300,6 +349,9 @@ def run_harness_eval(
         dtype: "float32" or "bfloat16" (autocast).
         log_samples: also return the harness's per-item records under "samples".
         include_paths: folders of the user's own task YAMLs (lm-eval's --include_path).
+        shard_group: a process group whose every rank calls this with the same model: the
+            loglikelihood batches are split across its ranks and gathered (TorchGPTLM), and
+            every rank returns the same result, that of one rank.
 
     Returns:
         {"tasks": {task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "num_samples",
@@ -316,8 +368,12 @@ def run_harness_eval(
     from torchgpt.eval.tasks import build_task_manager, load_tasks
 
     tasks = list(tasks)
-    lm = TorchGPTLM(model, batch_size=batch_size, dtype=dtype)
-    with tempfile.TemporaryDirectory(prefix="torchgpt-tasks-") as yaml_dir, _preserve_rng():
+    lm = TorchGPTLM(model, batch_size=batch_size, dtype=dtype, shard_group=shard_group)
+    with (
+        tempfile.TemporaryDirectory(prefix="torchgpt-tasks-") as yaml_dir,
+        _preserve_rng(),
+        _every_rank_gets_results(shard_group),
+    ):
         manager = build_task_manager(tasks, data_dir, Path(yaml_dir), include_paths)
         loaded = load_tasks(manager, tasks, data_dir)
         results = simple_evaluate(

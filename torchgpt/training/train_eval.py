@@ -1,10 +1,11 @@
 """The in-training harness eval (`eval.enable`): lm-eval tasks on a fixed subset, mid-run.
 
-Every rank joins the gather of the full weights; rank 0 then scores a plain (unsharded,
-uncompiled) copy of the model on the training device in the training dtype, and the other
-ranks wait at a barrier of their own gloo group whose timeout (a day) cannot run out before
-the eval does, so no collective timeout fires while rank 0 is busy. If rank 0 fails instead,
-torchrun stops the waiting ranks.
+Every rank gathers the full weights into a plain (unsharded, uncompiled) copy on its training
+device, in the training dtype, and runs the same harness tasks; the loglikelihood batches are
+dealt out across the ranks and their results gathered (torchgpt/eval/harness.py), so each rank
+scores 1/world of the requests and every rank ends with the scores one rank alone would give,
+bitwise. The gather runs on a gloo group of its own whose timeout (a day) cannot run out
+before a slow rank's share does. Rank 0 logs the record.
 """
 
 from __future__ import annotations
@@ -56,19 +57,15 @@ class InTrainingEval:
         return self.cfg.enable and (step % self.cfg.interval == 0 or step == last_step)
 
     def run(self, model: torch.nn.Module) -> tuple[dict[str, float], float] | None:
-        """({"eval/TASK/acc": ..., ...}, seconds) on rank 0, None on the others."""
+        """({"eval/TASK/acc": ..., ...}, seconds) on rank 0, None on the others (which
+        computed the same scores)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        sd = get_model_state_dict(
-            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
-        )
-        scores = None
-        if self.rank == 0:
-            scores = self._score(sd)
+        # Full tensors on every rank (cpu_offload would give them to rank 0 only).
+        sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))
+        scores = self._score(sd)
         del sd
-        if self.group is not None:
-            dist.barrier(group=self.group)
-        return scores
+        return scores if self.rank == 0 else None
 
     def _score(self, state_dict: dict[str, Any]) -> tuple[dict[str, float], float]:
         from torchgpt.checkpoint.loading import build_model
@@ -78,13 +75,21 @@ class InTrainingEval:
         t0 = time.perf_counter()
         plain = build_model(asdict(self.model_args), state_dict, source=self.run_dir)
         plain.to(self.device)
-        result = run_harness_eval(
-            plain,
-            tasks=e.tasks,
-            limit=e.limit,
-            data_dir=e.data_dir or None,
-            dtype=self.dtype,
-        )
+        quiet = logging.getLogger("lm_eval")  # one rank's harness log is enough
+        level = quiet.level
+        if self.rank > 0:
+            quiet.setLevel(logging.WARNING)
+        try:
+            result = run_harness_eval(
+                plain,
+                tasks=e.tasks,
+                limit=e.limit,
+                data_dir=e.data_dir or None,
+                dtype=self.dtype,
+                shard_group=self.group,
+            )
+        finally:
+            quiet.setLevel(level)
         del plain
         if self.device.type == "cuda":
             torch.cuda.empty_cache()  # the copy's blocks go back before training resumes
@@ -110,4 +115,6 @@ class InTrainingEval:
         )
 
     def where(self) -> str:
-        return f"{self.device.type} in {self.dtype}"
+        world = dist.get_world_size(self.group) if self.group is not None else 1
+        shared = f", requests sharded over {world} ranks" if world > 1 else ""
+        return f"{self.device.type} in {self.dtype}{shared}"

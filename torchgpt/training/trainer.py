@@ -274,7 +274,7 @@ class Trainer:
         """Harness tasks on a fixed `eval.limit` subset (training/train_eval.py); whether due."""
         if not self.harness_eval.due(step, last_step):
             return False
-        self.phase = f"the in-training harness eval of step {step} (others wait at a barrier)"
+        self.phase = f"the in-training harness eval of step {step} (requests sharded over ranks)"
         self.harness_eval.run_and_log(self.model, step, self.train_state.tokens_seen, self.metrics)
         return True
 
