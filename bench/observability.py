@@ -4,7 +4,8 @@
 In one process, on synthetic shards written here, stepping the real Trainer:
 (1) the time of a log step with `metrics.layer_stats` on and off (interleaved, A B A B ...,
 median of --repeats each, after warm-up steps), the difference per log step and its share of
-a run at metrics.log_freq = 10; the spike guard's check is timed alone (pure Python on two
+a run at metrics.log_freq = 10, and the time spent inside the statistics' own calls (a figure
+that step-to-step noise does not swamp); the spike guard's check is timed alone (pure Python on two
 floats); (2) one training step under torch.profiler: the top ops by self CPU time, the table a
 reader wants from a trace (the same ops a `[profiling]` trace holds).
 
@@ -51,6 +52,21 @@ def build(data: Path, out: Path, args: argparse.Namespace, stats: bool) -> Train
     return Trainer(load_config(None, overrides, world_size=1))
 
 
+def time_inside(stats: object, spent: list[float]) -> None:
+    """Add the time of each LayerStats call (residual RMS, norms, weight copy) to `spent`."""
+    for name in ("gradients", "weights", "updates", "record"):
+        method = getattr(stats, name)
+
+        def timed(*a, _method=method, **k):
+            t0 = time.perf_counter()
+            try:
+                return _method(*a, **k)
+            finally:
+                spent.append(time.perf_counter() - t0)
+
+        setattr(stats, name, timed)
+
+
 def timed_step(trainer: Trainer) -> float:
     """One optimizer step as the loop runs it at a log step, its stats record included."""
     t0 = time.perf_counter()
@@ -79,6 +95,8 @@ def main() -> None:
             f"{args.flavor} ({n_blocks} blocks), {args.accum} micro-steps of {args.micro} x "
             f"{args.seq_len}, {args.precision}, {torch.get_num_threads()} threads"
         )
+        inside: list[float] = []
+        time_inside(trainers[True].layer_stats, inside)
         times: dict[bool, list[float]] = {False: [], True: []}
         for i in range(args.warmup + args.repeats):
             for stats, trainer in trainers.items():
@@ -89,6 +107,11 @@ def main() -> None:
         extra = on - off
         print(f"log step, layer_stats off: {off * 1e3:8.1f} ms (median of {args.repeats})")
         print(f"log step, layer_stats on:  {on * 1e3:8.1f} ms")
+        per_step = sum(inside) / (args.warmup + args.repeats)
+        print(
+            f"inside LayerStats: {per_step * 1e3:.1f} ms per log step ({per_step / off:.2%} of "
+            "it; the residual RMS in the forward is not in this figure)"
+        )
         print(
             f"cost per log step: {extra * 1e3:+.1f} ms ({extra / off:+.1%} of that step); at "
             f"metrics.log_freq 10: {extra / 10 / off:+.2%} of the run"
