@@ -163,11 +163,21 @@ class Optimizer:
 class LRScheduler:
     warmup_steps: int = 10
     """Linear warmup steps from ~0 to the peak lr."""
-    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine"
-    """Decay after warmup down to min_lr_ratio * lr at the last step; geometric: the lr range
-    test's sweep, rising from min_lr_ratio * lr at step 1 to lr at the last (no warmup)."""
+    decay_type: Literal["cosine", "linear", "constant", "geometric", "wsd"] = "cosine"
+    """Decay after warmup down to min_lr_ratio * lr at the last step; wsd: warmup-stable-decay,
+    the peak until the last decay_steps (or decay_fraction) of the run, which fall to
+    min_lr_ratio (a cooldown can branch from any stable-phase checkpoint); geometric: the lr
+    range test's sweep, rising from min_lr_ratio * lr at step 1 to lr at the last (no
+    warmup)."""
     min_lr_ratio: float = 0.1
     """Final lr as a fraction of the peak (0.1 as in Chinchilla / GPT-3)."""
+    decay_fraction: float = 0.2
+    """wsd: the share of training.steps that decays (the last 20% by default)."""
+    decay_steps: int = 0
+    """wsd: the decay's length in steps, instead of decay_fraction when > 0 (a cooldown run
+    sets it to the steps it adds)."""
+    wsd_shape: Literal["linear", "cosine"] = "linear"
+    """wsd: the decay's shape."""
     on_steps_change: Literal["stretch", "keep_end"] = "stretch"
     """A resume with another training.steps (checkpoint.allow_change training.steps): stretch
     re-spreads the decay to end at the new last step (a longer run's lr jumps back up at the

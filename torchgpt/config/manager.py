@@ -288,6 +288,18 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
         p.append("optimizer.weight_decay must be >= 0 and optimizer.eps > 0")
     if not 0.0 <= s.min_lr_ratio <= 1.0:
         p.append(f"lr_scheduler.min_lr_ratio: must be in [0, 1], got {s.min_lr_ratio}")
+    if s.decay_type == "wsd":
+        decay = s.decay_steps or round(s.decay_fraction * t.steps)
+        if (
+            not 0 < s.decay_fraction <= 1
+            or s.decay_steps < 0
+            or not (1 <= decay <= t.steps - s.warmup_steps)
+        ):
+            p.append(
+                f"lr_scheduler: wsd decays over {decay} steps (decay_steps={s.decay_steps}, "
+                f"decay_fraction={s.decay_fraction:g} of training.steps={t.steps}); it must be "
+                f"1 to training.steps - warmup_steps = {t.steps - s.warmup_steps}"
+            )
     if s.warmup_steps < 0 or s.warmup_steps > t.steps:
         p.append(
             f"lr_scheduler.warmup_steps: {s.warmup_steps} must be in [0, training.steps={t.steps}]"

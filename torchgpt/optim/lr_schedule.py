@@ -1,4 +1,5 @@
-"""The warmup + cosine / linear learning-rate schedule, and what a resume does to it.
+"""The warmup + cosine / linear / warmup-stable-decay learning-rate schedule, and what a resume
+does to it.
 
 The schedule is a LambdaLR so its state checkpoints like any Stateful; its parameters travel
 with it, so a resume that changes training.steps can keep the old decay end (`resume_schedule`,
@@ -20,8 +21,10 @@ def lr_multiplier(
     *,
     warmup_steps: int,
     total_steps: int,
-    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine",
+    decay_type: Literal["cosine", "linear", "constant", "geometric", "wsd"] = "cosine",
     min_lr_ratio: float = 0.1,
+    decay_steps: int = 0,
+    wsd_shape: Literal["linear", "cosine"] = "linear",
 ) -> float:
     """lr / peak_lr at optimizer step `step` (0-based: the multiplier used *for* step+1).
 
@@ -29,11 +32,21 @@ def lr_multiplier(
     min_lr_ratio at the final step (Chinchilla: decaying to ~10% of peak over the run).
     "geometric" is the lr range test's sweep instead: no warmup, a geometric rise from
     min_lr_ratio at the first step to 1 at the last (tools/lr_range_test.py).
+    "wsd" (warmup-stable-decay): the peak from the warmup's end until the last `decay_steps`
+    steps, which fall (`wsd_shape`, linear or cosine) so that the last step runs at
+    min_lr_ratio; a run cut anywhere in its stable part cools down from there alike.
     """
     if decay_type == "geometric":
         return min_lr_ratio ** (1.0 - min(step, total_steps - 1) / max(total_steps - 1, 1))
     if warmup_steps > 0 and step < warmup_steps:
         return (step + 1) / warmup_steps
+    if decay_type == "wsd":
+        start = total_steps - decay_steps  # the first step index that decays
+        if step < start:
+            return 1.0
+        progress = min((step - start + 1) / max(decay_steps, 1), 1.0)
+        frac = 1.0 - progress if wsd_shape == "linear" else 0.5 * (1 + math.cos(math.pi * progress))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * frac
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min(max(step - warmup_steps, 0) / decay_steps, 1.0)
     if decay_type == "constant":
@@ -62,6 +75,8 @@ class LRSchedule:
     decay_type: str = "cosine"
     min_lr_ratio: float = 0.1
     planned_steps: int = 0
+    decay_steps: int = 0  # wsd: the steps of the decay, ending at decay_end
+    wsd_shape: str = "linear"
 
     def __call__(self, step: int) -> float:
         return lr_multiplier(
@@ -70,19 +85,33 @@ class LRSchedule:
             total_steps=self.decay_end,
             decay_type=self.decay_type,  # type: ignore[arg-type]
             min_lr_ratio=self.min_lr_ratio,
+            decay_steps=self.decay_steps,
+            wsd_shape=self.wsd_shape,  # type: ignore[arg-type]
         )
 
     def describe(self) -> str:
         """e.g. 'warmup 4, cosine to 0.1x at step 20, held there to step 40'."""
         if self.decay_type == "constant":
             return f"warmup {self.warmup_steps}, then constant"
+        if self.decay_type == "wsd":
+            kind = f"stable to step {self.decay_end - self.decay_steps}, {self.wsd_shape} decay"
+        else:
+            kind = self.decay_type
         text = (
-            f"warmup {self.warmup_steps}, {self.decay_type} to {self.min_lr_ratio:g}x "
-            f"at step {self.decay_end}"
+            f"warmup {self.warmup_steps}, {kind} to {self.min_lr_ratio:g}x at step {self.decay_end}"
         )
         if self.decay_type != "geometric" and self.planned_steps > self.decay_end:
             text += f", held there to step {self.planned_steps}"
         return text
+
+
+_SAVED_SINCE_THE_START = {
+    "warmup_steps",
+    "decay_end",
+    "decay_type",
+    "min_lr_ratio",
+    "planned_steps",
+}
 
 
 class ScheduledLR(LambdaLR):
@@ -109,9 +138,10 @@ class ScheduledLR(LambdaLR):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = (state_dict.get("lr_lambdas") or [None])[0]
         names = {f.name for f in fields(LRSchedule)}
+        # Fields added later (decay_steps, wsd_shape) take their defaults in older checkpoints.
         self.saved_schedule = (
             LRSchedule(**{k: v for k, v in saved.items() if k in names})
-            if isinstance(saved, dict) and names <= set(saved)
+            if isinstance(saved, dict) and _SAVED_SINCE_THE_START <= set(saved)
             else None
         )
         super().load_state_dict({**state_dict, "lr_lambdas": [None] * len(self.lr_lambdas)})
@@ -140,11 +170,19 @@ def resume_schedule(
     another training.steps, `stretch` ends the decay at the new last step (the lr at the
     resume step jumps up when the run grows: the cosine is re-spread), `keep_end` keeps the
     saved end and holds the minimum lr for any extra steps (no jump; a shorter run stops
-    before the end). warmup, decay type and min_lr_ratio are the configured ones.
+    before the end). warmup, decay type and min_lr_ratio are the configured ones; so is a wsd
+    decay length, except that keep_end keeps the saved decay window whole.
+
+    A cooldown branch of a wsd run is a resume with more steps: stretch and a decay of the
+    extra steps (lr_scheduler.decay_steps), which starts where the run stood at the peak.
     """
     steps_changed = configured.planned_steps != saved.planned_steps
     keep = not steps_changed or on_steps_change == "keep_end"
-    return replace(configured, decay_end=saved.decay_end if keep else configured.planned_steps)
+    if not keep:
+        return replace(configured, decay_end=configured.planned_steps)
+    if steps_changed and saved.decay_type == configured.decay_type == "wsd":
+        return replace(configured, decay_end=saved.decay_end, decay_steps=saved.decay_steps)
+    return replace(configured, decay_end=saved.decay_end)
 
 
 def schedule_of_config(config: dict[str, Any], default: LRSchedule) -> LRSchedule | None:
@@ -169,16 +207,21 @@ def build_lr_scheduler(
     *,
     warmup_steps: int,
     total_steps: int,
-    decay_type: Literal["cosine", "linear", "constant", "geometric"] = "cosine",
+    decay_type: Literal["cosine", "linear", "constant", "geometric", "wsd"] = "cosine",
     min_lr_ratio: float = 0.1,
+    decay_steps: int = 0,
+    wsd_shape: Literal["linear", "cosine"] = "linear",
 ) -> ScheduledLR:
-    """The run's ScheduledLR: warmup, then decay to min_lr_ratio at `total_steps`."""
+    """The run's ScheduledLR: warmup, then decay to min_lr_ratio at `total_steps` (wsd: over
+    its last `decay_steps`)."""
     schedule = LRSchedule(
         warmup_steps=warmup_steps,
         decay_end=total_steps,
         decay_type=decay_type,
         min_lr_ratio=min_lr_ratio,
         planned_steps=total_steps,
+        decay_steps=decay_steps if decay_type == "wsd" else 0,
+        wsd_shape=wsd_shape,
     )
     return ScheduledLR(optimizer, schedule)
 

@@ -168,6 +168,9 @@ MATH_KEYS = (
     "lr_scheduler.warmup_steps",
     "lr_scheduler.decay_type",
     "lr_scheduler.min_lr_ratio",
+    "lr_scheduler.decay_fraction",
+    "lr_scheduler.decay_steps",
+    "lr_scheduler.wsd_shape",
 )
 
 

@@ -61,6 +61,8 @@ def build_train_module(
         total_steps=step.total_steps,
         decay_type=s.decay_type,
         min_lr_ratio=s.min_lr_ratio,
+        decay_steps=s.decay_steps or round(s.decay_fraction * step.total_steps),
+        wsd_shape=s.wsd_shape,
     )
     return (module_cls or TrainModule)(
         model,
