@@ -117,6 +117,7 @@ def test_resume_is_exact_across_world_sizes(data, world_save, world_resume):
         "seed": 7,
         "seq_len": T,
         "fingerprint": data_fingerprint(data),
+        "align": "none",
     }
     after = loaders(data, world_resume, 4 // world_resume, seed=7)
     for loader in after:

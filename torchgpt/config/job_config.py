@@ -75,6 +75,11 @@ class Data:
     tokenizer_dir: str = ""
     """Folder with GPT-2 vocab.bpe + encoder.json for offline use; empty -> env
     TORCHGPT_GPT2_BPE_DIR or the hub."""
+    align: Literal["none", "bos"] = "none"
+    """Where training windows start: none: every seq_len tokens (nanoGPT / llm.c); bos: at a
+    document start (its <|endoftext|>), greedily without overlap, so no sequence opens
+    mid-document (modded-nanogpt); the ends of documents a window cuts are left out (the
+    share is logged). Validation windows are not aligned (the same set for every run)."""
     num_workers: int = 0
     """DataLoader worker processes that prefetch windows (0 = load in the training process)."""
     allow_data_change: bool = False

@@ -6,6 +6,8 @@ shards). Epoch e visits every window once, in a permutation seeded by (seed, e).
 consumed in micro-steps of dp_world_size * micro_batch_size windows; rank r takes the contiguous
 slice [r * mb, (r + 1) * mb) of each. The state is a global window count plus seed, seq_len and
 a data fingerprint, so it resumes exactly, also at another data-parallel world size.
+With data.align = "bos" the windows are cut at document starts instead (windows.py); the rest
+is the same.
 """
 
 from __future__ import annotations
@@ -18,21 +20,27 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from torchgpt.data.shards import (
     data_fingerprint,
-    open_tokens,
     read_header,
     read_manifest,
     split_shards,
 )
-from torchgpt.data.tokenizer import TOKENIZER_NAME, VOCAB_SIZE
+from torchgpt.data.tokenizer import EOT_ID, TOKENIZER_NAME, VOCAB_SIZE
+from torchgpt.data.windows import GlobalOrderSampler, WindowDataset, collate, document_starts
 
 if TYPE_CHECKING:
     from torchgpt.config.job_config import JobConfig
 
-__all__ = ["TrainLoader", "build_val_batches", "data_fingerprint", "read_manifest"]
+__all__ = [
+    "GlobalOrderSampler",
+    "TrainLoader",
+    "build_val_batches",
+    "data_fingerprint",
+    "read_manifest",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,82 +89,6 @@ def open_split(
     return paths, [e["tokens"] for e in entries], tok["vocab_size"]
 
 
-class WindowDataset(Dataset):
-    """Window id -> the seq_len + 1 tokens of that window (int64), read from memory-mapped shards.
-
-    Shards are mapped lazily in whichever process reads them (DataLoader workers included), so
-    nothing but the requested windows is ever paged in.
-    """
-
-    def __init__(self, paths: list[Path], shard_tokens: list[int], seq_len: int, id_limit: int):
-        self.paths, self.seq_len, self.id_limit = paths, seq_len, id_limit
-        counts = [max((n - 1) // seq_len, 0) for n in shard_tokens]
-        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
-        self._maps: dict[int, np.memmap] = {}
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def __getitem__(self, window: int) -> torch.Tensor:
-        if not 0 <= window < len(self):
-            raise IndexError(f"window {window} out of range [0, {len(self)})")
-        shard = int(np.searchsorted(self.offsets, window, side="right")) - 1
-        if shard not in self._maps:
-            self._maps[shard] = open_tokens(self.paths[shard])
-        start = (window - int(self.offsets[shard])) * self.seq_len
-        tokens = np.asarray(self._maps[shard][start : start + self.seq_len + 1], dtype=np.int64)
-        if int(tokens.max()) >= self.id_limit:
-            raise ValueError(
-                f"shard {self.paths[shard]} holds token id {int(tokens.max())} (tokens {start}.."
-                f"{start + self.seq_len}), out of the tokenizer's range [0, {self.id_limit}): the "
-                f"shard is corrupt; run tools/prepare_data.py --verify on its folder"
-            )
-        return torch.from_numpy(tokens)
-
-
-class GlobalOrderSampler:
-    """Batch sampler: this rank's window ids for each micro-step of the global stream, forever.
-
-    Global position p is window perm_e[p mod W] with e = p // W, where perm_e is the
-    permutation of the W windows drawn by numpy's PCG64 from SeedSequence([seed, e]).
-    """
-
-    def __init__(
-        self,
-        num_windows: int,
-        *,
-        seed: int,
-        start: int,
-        micro_batch_size: int,
-        dp_rank: int,
-        dp_world_size: int,
-    ):
-        self.num_windows, self.seed, self.start = num_windows, seed, start
-        self.mb, self.rank, self.world = micro_batch_size, dp_rank, dp_world_size
-        self._perms: dict[int, np.ndarray] = {}
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        """The window order of `epoch` (the two most recent epochs stay cached)."""
-        if epoch not in self._perms:
-            rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([self.seed, epoch])))
-            self._perms = {e: p for e, p in self._perms.items() if e == epoch - 1}
-            self._perms[epoch] = rng.permutation(self.num_windows)
-        return self._perms[epoch]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        step = self.mb * self.world
-        pos = self.start + self.rank * self.mb
-        while True:
-            epochs, index = np.divmod(np.arange(pos, pos + self.mb), self.num_windows)
-            yield [int(self.permutation(int(e))[i]) for e, i in zip(epochs, index, strict=True)]
-            pos += step
-
-
-def _collate(windows: list[torch.Tensor]) -> Batch:
-    batch = torch.stack(windows)
-    return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-
-
 class TrainLoader:
     """Endless (inputs, targets) micro-batches for one data-parallel rank, resumable exactly.
 
@@ -178,6 +110,8 @@ class TrainLoader:
         tokenizer: Tokenizer name the model was built for (checked against the manifest).
         allow_data_change: Default of `load_state_dict`'s override, so a checkpoint manager that
             calls `load_state_dict(sd)` honours data.allow_data_change.
+        align: "none": windows at stride seq_len; "bos": every window starts at a document
+            start (data.align; windows.document_starts), the tokens left out logged.
     """
 
     def __init__(
@@ -194,8 +128,12 @@ class TrainLoader:
         vocab_size: int = VOCAB_SIZE,
         tokenizer: str = TOKENIZER_NAME,
         allow_data_change: bool = False,
+        align: str = "none",
     ):
         _check_args(seq_len, micro_batch_size, dp_rank, dp_world_size)
+        if align not in ("none", "bos"):
+            raise ValueError(f"data.align={align!r}: expected 'none' or 'bos'")
+        self.align = align
         self.allow_data_change = allow_data_change
         self.data_dir, self.seq_len, self.seed = str(data_dir), seq_len, seed
         self.micro_batch_size = micro_batch_size
@@ -209,7 +147,26 @@ class TrainLoader:
                 f"shard {biggest} holds {max(sizes)}; lower training.seq_len or prepare the data "
                 f"with a larger --shard-size"
             )
-        self.dataset = WindowDataset(paths, sizes, seq_len, id_limit)
+        starts = None
+        if align == "bos":
+            found = [document_starts(p, seq_len, EOT_ID) for p in paths]
+            starts = [s for s, _ in found]
+            left_out = sum(d for _, d in found)
+            logger.info(
+                "data.align = bos: %d windows, each starting at a document start; %d of %d "
+                "train tokens (%.1f%%: the ends of documents a window cuts) are left out of "
+                "every epoch",
+                sum(len(s) for s in starts),
+                left_out,
+                sum(sizes),
+                100.0 * left_out / max(sum(sizes), 1),
+            )
+        self.dataset = WindowDataset(paths, sizes, seq_len, id_limit, starts)
+        if len(self.dataset) == 0:
+            raise ValueError(
+                f"data.align = {align}: {data_dir} holds no window of {seq_len + 1} tokens that "
+                "starts at a document start; lower training.seq_len or use data.align = none"
+            )
         self.fingerprint = data_fingerprint(data_dir)
         self._windows_consumed = 0
         self._iterator: Iterator[Batch] | None = None
@@ -250,7 +207,7 @@ class TrainLoader:
             self.dataset,
             batch_sampler=sampler,
             num_workers=self.num_workers,
-            collate_fn=_collate,
+            collate_fn=collate,
             pin_memory=self.pin_memory,
             **extra,
         )
@@ -286,6 +243,7 @@ class TrainLoader:
             "seed": self.seed,
             "seq_len": self.seq_len,
             "fingerprint": self.fingerprint,
+            "align": self.align,
         }
 
     def load_state_dict(
@@ -305,7 +263,9 @@ class TrainLoader:
         if missing:
             raise ValueError(f"dataloader state lacks {sorted(missing)}: not a TrainLoader state")
         ours = {"fingerprint": self.fingerprint, "seq_len": self.seq_len, "seed": self.seed}
-        changed = [f"{k} {state_dict[k]!r} -> {v!r}" for k, v in ours.items() if state_dict[k] != v]
+        ours["align"] = self.align  # other windows: another stream (older states: "none")
+        saved = {"align": "none", **state_dict}
+        changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in ours.items() if saved[k] != v]
         self._iterator = None  # shuts down any workers of the previous iterator
         if not changed:
             self._windows_consumed = int(state_dict["windows_consumed"])
@@ -361,7 +321,7 @@ def build_val_batches(
         )
     first = dp_rank * per_rank * micro_batch_size
     return [
-        _collate([dataset[w] for w in range(b, b + micro_batch_size)])
+        collate([dataset[w] for w in range(b, b + micro_batch_size)])
         for b in range(first, first + per_rank * micro_batch_size, micro_batch_size)
     ]
 
@@ -383,6 +343,7 @@ def build_data(
         pin_memory=pin_memory,
         vocab_size=vocab_size,
         allow_data_change=cfg.data.allow_data_change,
+        align=cfg.data.align,
     )
     if not cfg.validation.enable:
         return loader, []
