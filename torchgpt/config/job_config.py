@@ -65,6 +65,10 @@ class Model:
     modern-124m)."""
     qk_norm: bool = False
     """Apply RMSNorm to queries and keys (stabilises modern-* flavors at high lr)."""
+    qkv_layout: Literal["grouped", "per_head"] = "grouped"
+    """Row order of the fused qkv weight: grouped (GPT-2's [q | k | v]) or per_head ([q k v]
+    of each head), which tensor parallelism (parallelism.tp > 1) needs; the same model either
+    way, and exports write grouped. Fixed for a run: a checkpoint resumes with its own."""
 
 
 @dataclass

@@ -48,6 +48,11 @@ class ModelArgs:
     """RMSNorm over each head of q and k before attention (as in Qwen3, OLMo 2)."""
     tie_embeddings: bool = True
     """Share the token embedding matrix with the lm-head (Press & Wolf 2017, as GPT-2)."""
+    qkv_layout: str = "grouped"
+    """Row order of the fused qkv projection: "grouped" = [all q | all k | all v] (GPT-2's
+    c_attn); "per_head" = [q, k, v of head 0 | of head 1 | ...], so that a column-wise
+    tensor-parallel shard holds whole heads. The same function either way (a per_head model is
+    initialized as the grouped one, its rows reordered); exports convert to grouped."""
     init_std: float = 0.02
     """Std of the normal init of weights (GPT-2); residual projections get a scaled std."""
 
@@ -96,6 +101,8 @@ class ModelArgs:
             problems.append(
                 f"pos_embedding={self.pos_embedding!r} must be one of {_POS_EMBEDDINGS}"
             )
+        if self.qkv_layout not in ("grouped", "per_head"):
+            problems.append(f"qkv_layout={self.qkv_layout!r} must be 'grouped' or 'per_head'")
         if self.mlp_type not in _MLP_TYPES:
             problems.append(f"mlp_type={self.mlp_type!r} must be one of {_MLP_TYPES}")
         if self.pos_embedding == "rope" and not problems and self.head_dim % 2 != 0:

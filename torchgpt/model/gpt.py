@@ -45,13 +45,23 @@ def build_norm(args: ModelArgs, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=args.norm_eps, bias=args.bias)
 
 
+def per_head_order(args: ModelArgs) -> Tensor:
+    """Row indices that turn a grouped fused-qkv weight (or bias) into the per_head layout;
+    its inverse (argsort) turns per_head back into grouped."""
+    nh, hs = args.n_heads, args.head_dim
+    # grouped row (part, head, i) sits at part * d + head * hs + i; per_head puts it at
+    # head * 3 * hs + part * hs + i.
+    return torch.arange(3 * args.dim).view(3, nh, hs).transpose(0, 1).reshape(-1)
+
+
 class Attention(nn.Module):
     """Causal multi-head self-attention with a fused qkv projection."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
-        self.n_heads = args.n_heads
+        self.n_heads = args.n_heads  # of the whole model; a tensor-parallel shard holds fewer
         self.head_dim = args.head_dim
+        self.per_head = args.qkv_layout == "per_head"
         self.qkv = nn.Linear(args.dim, 3 * args.dim, bias=args.bias)
         self.proj = nn.Linear(args.dim, args.dim, bias=args.bias)
         self.q_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
@@ -66,11 +76,14 @@ class Attention(nn.Module):
         start_pos: int = 0,
         attn_mask: Tensor | None = None,
     ) -> Tensor:
-        B, T, C = x.size()  # batch, sequence length, embedding dim (d)
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, d)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, nh, T, hs)
+        B, T, _ = x.size()  # batch, sequence length, embedding dim (d)
+        qkv = self.qkv(x)  # (B, T, 3 * nh * hs); nh: the heads held here (all, or a TP shard's)
+        hs = self.head_dim
+        if self.per_head:  # rows [q, k, v] per head: a column shard holds whole heads
+            q, k, v = qkv.view(B, T, -1, 3, hs).unbind(3)  # 3 x (B, T, nh, hs)
+        else:
+            q, k, v = (t.view(B, T, -1, hs) for t in qkv.chunk(3, dim=2))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope_cos is not None:
@@ -81,7 +94,7 @@ class Attention(nn.Module):
             y = _causal_attention(q, k, v)  # (B, nh, T, hs)
         else:  # left-padded batch (see GPT.forward's `pad`): the mask holds causality too
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble heads: (B, T, d)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # re-assemble heads: (B, T, nh * hs)
         return self.proj(y)
 
 
@@ -247,6 +260,11 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
+        if self.args.qkv_layout == "per_head":  # drawn grouped above: the same model, reordered
+            order = per_head_order(self.args)
+            for layer in self.layers:
+                for p in layer.attn.qkv.parameters():
+                    p.data.copy_(p.data[order])
 
     def num_params(self, embeddings: bool = True) -> int:
         """Parameters actually held (padded vocabulary; a tied matrix counted once).

@@ -148,6 +148,17 @@ def _model_class(family: str) -> type:
     return getattr(transformers, names[family])
 
 
+def grouped_state_dict(state: dict[str, Tensor], args: Any) -> dict[str, Tensor]:
+    """`state` with per_head fused-qkv rows put back in GPT-2's grouped order (as is when the
+    model is grouped already)."""
+    if args.qkv_layout != "per_head":
+        return state
+    from torchgpt.model.gpt import per_head_order
+
+    back = torch.argsort(per_head_order(args))
+    return {k: v[back] if ".attn.qkv." in k else v for k, v in state.items()}
+
+
 def to_hf_state_dict(model: GPT, family: str | None = None) -> dict[str, Tensor]:
     """Return the transformers-named state dict of `model` (tensors share no storage).
 
@@ -157,7 +168,7 @@ def to_hf_state_dict(model: GPT, family: str | None = None) -> dict[str, Tensor]
     """
     args = model.args
     family = family or hf_family(args)
-    ours = model.state_dict()
+    ours = grouped_state_dict(model.state_dict(), args)
     out = {}
     for our_key, their_key, kind in _rules(family, args):
         t = ours[our_key]

@@ -8,7 +8,7 @@ before torchrun starts a single worker, and nothing is written to the run folder
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from torchgpt.config.job_config import ConfigError, JobConfig
@@ -230,7 +230,7 @@ def check_resume(cfg: JobConfig) -> list[str]:
     again against DCP's metadata when the workers load it.
     """
     from torchgpt.checkpoint import layout
-    from torchgpt.model.args import get_model_args
+    from torchgpt.model.args import ModelArgs, get_model_args
 
     problems = [
         f"checkpoint.allow_change: {key!r} is not a key whose change is checked; choose from "
@@ -252,7 +252,12 @@ def check_resume(cfg: JobConfig) -> list[str]:
     saved = info.get("extra", {}).get("model_args")
     if not saved:
         return problems  # an older checkpoint without args: the workers' shape check decides
-    ours = asdict(get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm))
+    ours = asdict(
+        get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm, qkv_layout=cfg.model.qkv_layout)
+    )
+    # A field added after the checkpoint was saved reads as its default (e.g. qkv_layout).
+    defaults = {f.name: f.default for f in fields(ModelArgs)}
+    saved = {**defaults, **saved}
     diff = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in ours.items() if saved.get(k) != v]
     if diff:
         flavor = info.get("extra", {}).get("config", {}).get("model", {}).get("flavor", "?")

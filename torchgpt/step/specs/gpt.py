@@ -14,7 +14,8 @@ from torchgpt.step.spec import TrainSpec
 
 
 def _model_args(section: Any) -> ModelArgs:
-    return get_model_args(section.flavor, qk_norm=section.qk_norm)
+    layout = getattr(section, "qkv_layout", "grouped")
+    return get_model_args(section.flavor, qk_norm=section.qk_norm, qkv_layout=layout)
 
 
 SPEC = TrainSpec(
