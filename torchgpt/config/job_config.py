@@ -208,6 +208,15 @@ class Parallelism:
     """Seconds any collective waits for the other ranks; a stalled or dead rank then makes
     every waiting rank fail, naming the phase, instead of hanging. Must exceed the longest
     rank-0-only pause (in-training harness eval, checksums of a large checkpoint)."""
+    tp: int = 1
+    """Tensor-parallel degree (Megatron-style, with sequence parallelism, on one DeviceMesh with
+    dp_replicate x dp_shard): each block's qkv / fc (and gate) column-wise, its projections
+    row-wise, norms and dropout on sequence shards, the embeddings row-wise, the lm-head
+    column-wise. world_size = dp_replicate x dp_shard x tp; needs model.qkv_layout =
+    "per_head" and data_parallel = "fsdp"; tp ranks share their batch."""
+    tp_async: bool = False
+    """Async TP on CUDA (torch's micro-pipelined all-gather / reduce-scatter matmuls under
+    torch.compile); an option that has not run here (no GPU): it is refused on CPU."""
     fsdp_reshard_after_forward: Literal["default", "always", "never"] = "default"
     """Free all-gathered params after forward: default = every block but the last (TorchTitan)."""
 

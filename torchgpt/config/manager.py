@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from torchgpt.config.job_config import ConfigError, JobConfig, batch_problem
+from torchgpt.config.tp_checks import tp_problems
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -319,6 +320,7 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
             f"parallelism: dp_replicate={par.dp_replicate} must be >= 1 and "
             f"dp_shard={par.dp_shard} must be >= 1 or -1 (infer)"
         )
+    p += tp_problems(cfg)
     if world_size is not None and not p:
         p += _validate_layout(cfg, world_size)
     return p

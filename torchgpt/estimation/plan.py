@@ -63,6 +63,12 @@ class TrainingPlan:
         """
         if world_size < 1:
             raise ValueError(f"--nproc: {world_size} must be >= 1 (one process per GPU)")
+        if cfg.parallelism.tp > 1:
+            raise ValueError(
+                f"parallelism.tp={cfg.parallelism.tp}: the memory and time estimates do not "
+                "model tensor parallelism yet (issue #24); estimate the tp = 1 layout, whose "
+                "per-rank weights and optimizer state tp divides, and its activations less so"
+            )
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
         t = cfg.training
         # "auto" is bf16 on every GPU of torchgpt.utils.hardware.GPUS (all support it)

@@ -1,15 +1,18 @@
 """ParallelDims: the single source of truth for the parallel degrees, ranks and device meshes.
 
 dp_replicate x dp_shard x tp must equal the world size. dp_shard > 1 with dp_replicate > 1 is
-HSDP, dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP). The
-tensor-parallel degree is 1 until tensor parallelism lands; its axis is named already.
+HSDP, dp_shard > 1 alone is FSDP2, and dp_replicate > 1 alone is plain replication (DDP).
+tp > 1 adds tensor parallelism inside each data-parallel rank (the innermost axis, so its
+ranks are neighbours: one node's GPUs); its ranks share their batch.
 
 As in TorchTitan, the world mesh holds only the axes of degree > 1 (named dp_replicate,
 dp_shard, tp), and callers ask for a mesh by what it is for, never by rank arithmetic:
 `mesh_for("batch")` (the ranks that split the batch: data loading, the data-parallel rank and
 degree), `mesh_for("loss")` (the ranks whose losses are averaged), `mesh_for("fsdp")` /
 `mesh_for("ddp")` (what the data-parallel wrapper shards or replicates over) and
-`mesh_for("tp")`. Each is None where it would hold one rank.
+`mesh_for("tp")`. Each is None where it would hold one rank. What every rank must agree on
+each step (the loss and the stop flag) is reduced over `step_group()`: the loss mesh, or the
+whole world when tp > 1 (tp ranks hold the same loss, so the world's mean is the batch's).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class ParallelDims:
     world_size: int
     data_parallel: str = "fsdp"
     tp: int = 1
+    tp_async: bool = field(default=False, compare=False)
     collective_timeout_s: float | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -46,7 +50,15 @@ class ParallelDims:
     @classmethod
     def from_config(cls, par, world_size: int) -> ParallelDims:
         """Resolve -1 degrees against world_size and check the product; ValueError lists factors."""
-        rep, shard = par.dp_replicate, par.dp_shard
+        rep, shard, tp = par.dp_replicate, par.dp_shard, getattr(par, "tp", 1)
+        if tp < 1 or world_size % tp != 0:
+            raise ValueError(f"parallelism.tp={tp} must be >= 1 and divide world_size={world_size}")
+        if tp > 1 and par.data_parallel == "ddp":
+            raise ValueError(
+                "parallelism: tp > 1 composes with FSDP2 / HSDP (data_parallel = 'fsdp'), "
+                "not with DDP"
+            )
+        world_size //= tp  # the data-parallel ranks
         if par.data_parallel == "ddp":
             # DDP replicates over every rank: a shard degree other than 1 / -1 is a contradiction.
             if shard not in (-1, 1) or rep not in (1, world_size):
@@ -67,8 +79,19 @@ class ParallelDims:
                 f"parallelism: dp_replicate({rep}) x dp_shard({shard}) = {rep * shard} "
                 f"!= world_size({world_size}); make the product equal the number of processes"
             )
+        if tp > 1 and rep > 1 and shard == 1:
+            raise ValueError(
+                f"parallelism: dp_replicate={rep} with tp={tp} needs dp_shard > 1 (HSDP x TP); "
+                "replication alone would be DDP, which does not compose with tp"
+            )
         return cls(
-            rep, shard, world_size, par.data_parallel, collective_timeout_s=par.collective_timeout_s
+            rep,
+            shard,
+            world_size * tp,
+            par.data_parallel,
+            tp=tp,
+            tp_async=getattr(par, "tp_async", False),
+            collective_timeout_s=par.collective_timeout_s,
         )
 
     @property
@@ -88,7 +111,21 @@ class ParallelDims:
 
     @property
     def ddp_enabled(self) -> bool:
-        return self.world_size > 1 and not self.fsdp_enabled
+        return self.dp_replicate > 1 and not self.fsdp_enabled
+
+    @property
+    def tp_enabled(self) -> bool:
+        return self.tp > 1
+
+    def step_group(self) -> dist.ProcessGroup | None:
+        """What the step's loss and stop flag are summed over: the loss group, or (tp > 1) the
+        whole world (None), so that a stop request reaches the tp peers too."""
+        return None if self.tp_enabled else self.loss_group()
+
+    @property
+    def step_degree(self) -> int:
+        """How many ranks' copies step_group() sums (world size when tp > 1)."""
+        return self.world_size if self.tp_enabled else self.loss_degree
 
     @property
     def dp_rank(self) -> int:
@@ -129,11 +166,13 @@ class ParallelDims:
         """The role -> submesh map of a world mesh from `build_mesh`; empty on one process."""
         if world is None:
             return {}
-        wrapper = self.wrapper_mesh(world)
-        meshes = {"fsdp" if self.fsdp_enabled else "ddp": wrapper}
-        # Under HSDP the batch spans both axes: one flattened group (made on first use).
-        dp = wrapper._flatten("dp") if self.hsdp_enabled else wrapper
-        meshes["batch"] = meshes["loss"] = dp
+        meshes = {}
+        if self.dp_degree > 1:
+            wrapper = self.wrapper_mesh(world)
+            meshes["fsdp" if self.fsdp_enabled else "ddp"] = wrapper
+            # Under HSDP the batch spans both axes: one flattened group (made on first use).
+            dp = wrapper._flatten("dp") if self.hsdp_enabled else wrapper
+            meshes["batch"] = meshes["loss"] = dp
         if "tp" in (world.mesh_dim_names or ()):
             meshes["tp"] = world["tp"]
         return meshes
@@ -147,22 +186,31 @@ class ParallelDims:
         return world["dp_shard" if self.fsdp_enabled else "dp_replicate"]
 
     def build_mesh(self, device_type: str) -> DeviceMesh | None:
-        """The world mesh over the axes of degree > 1: dp_shard (FSDP2) or dp_replicate (DDP)
-        alone, or (dp_replicate, dp_shard) for HSDP; None on one process."""
+        """The world mesh over the axes of degree > 1, in the order dp_replicate, dp_shard, tp:
+        dp_shard (FSDP2) or dp_replicate (DDP) alone, (dp_replicate, dp_shard) for HSDP, and tp
+        last (2-D dp x tp, 3-D replicate x shard x tp); None on one process."""
         if self.world_size == 1:
             return None
-        if self.hsdp_enabled:
-            # The 2-D mesh makes its own subgroups: without options they would get torch's
-            # default timeout (30 min gloo, 10 min NCCL), not collective_timeout_s.
-            options = _timeout_options(self.collective_timeout_s)
-            return init_device_mesh(
-                device_type,
-                (self.dp_replicate, self.dp_shard),
-                mesh_dim_names=("dp_replicate", "dp_shard"),
-                backend_override={0: options, 1: options} if options else None,
+        axes = [
+            (name, degree)
+            for name, degree in (
+                ("dp_replicate", self.dp_replicate),
+                ("dp_shard", self.dp_shard),
+                ("tp", self.tp),
             )
-        name = "dp_shard" if self.fsdp_enabled else "dp_replicate"
-        return init_device_mesh(device_type, (self.world_size,), mesh_dim_names=(name,))
+            if degree > 1
+        ]
+        if len(axes) == 1:
+            return init_device_mesh(device_type, (self.world_size,), mesh_dim_names=(axes[0][0],))
+        # A mesh of several axes makes its own subgroups: without options they would get
+        # torch's default timeout (30 min gloo, 10 min NCCL), not collective_timeout_s.
+        options = _timeout_options(self.collective_timeout_s)
+        return init_device_mesh(
+            device_type,
+            tuple(d for _, d in axes),
+            mesh_dim_names=tuple(n for n, _ in axes),
+            backend_override={i: options for i in range(len(axes))} if options else None,
+        )
 
 
 def _timeout_options(timeout_s: float | None) -> tuple[str, object] | None:

@@ -1,9 +1,10 @@
 """parallelize_gpt(): every distributed and performance decision applied to a plain GPT.
 
-Order matters and follows TorchTitan: activation checkpointing wraps each block first (so the
-recomputed region is the block), then torch.compile compiles the (wrapped) block (so the graph
-includes the checkpoint policy), then FSDP2 shards the compiled blocks and finally the root (so
-all-gathers are issued per block, overlapping the previous block's compute).
+Order matters and follows TorchTitan: tensor parallelism first (its plan names the plain
+modules), then activation checkpointing wraps each block (so the recomputed region is the
+block), then torch.compile compiles the (wrapped) block (so the graph includes the checkpoint
+policy), then FSDP2 shards the compiled blocks and finally the root over the data-parallel
+mesh (so all-gathers are issued per block, overlapping the previous block's compute).
 """
 
 from __future__ import annotations
@@ -19,6 +20,14 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor.parallel import (
+    ColwiseParallel,
+    PrepareModuleInput,
+    RowwiseParallel,
+    SequenceParallel,
+    parallelize_module,
+)
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
@@ -58,6 +67,101 @@ def _op_sac_policy():
         return CheckpointPolicy.MUST_SAVE if to_save else CheckpointPolicy.PREFER_RECOMPUTE
 
     return policy
+
+
+def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -> None:
+    """Tensor + sequence parallelism over `tp_mesh` (Megatron-LM, TorchTitan's plan).
+
+    The residual stream between blocks is sharded along the sequence (Shard(1)): the norms
+    run on sequence shards (SequenceParallel); each attention / MLP gathers its input
+    (Replicate), runs its first matmuls column-wise (qkv, fc, gate: each rank a slice of the
+    heads / hidden units, which the model reads from the tensor, not from its args) and its
+    projection row-wise, reduce-scattering back to sequence shards. The token (and learned
+    position) embeddings are row-wise with sequence-sharded outputs; the lm-head gathers the
+    sequence and returns replicated logits, so the loss is computed as on one device. The model
+    code knows no mesh: everything is module plans and DTensor parameters.
+
+    `async_tp` (CUDA, with torch.compile): inductor's micro-pipelined TP, which overlaps each
+    all-gather / reduce-scatter with its matmul through symmetric memory. Never run here (no
+    GPU); on another device it is refused.
+    """
+    a = model.args
+    tp = tp_mesh.size()
+    for name, value, what in [
+        ("n_heads", a.n_heads, "attention heads"),
+        ("hidden_dim", a.hidden_dim, "MLP hidden units"),
+        ("padded_vocab_size", a.padded_vocab_size, "lm-head rows"),
+    ]:
+        if value % tp:
+            raise ValueError(f"parallelism.tp={tp} must divide the model's {what} ({name}={value})")
+    if a.qkv_layout != "per_head":
+        raise ValueError("parallelism.tp > 1 needs model.qkv_layout = 'per_head'")
+    seq = Shard(1)
+    root_plan = {
+        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
+        "norm": SequenceParallel(),
+        "output": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
+    }
+    if model.pos_embeddings is not None:  # (T,) positions -> (T, d): shard T, dim 0
+        root_plan["pos_embeddings"] = RowwiseParallel(
+            input_layouts=Replicate(), output_layouts=Shard(0)
+        )
+    tied = a.tie_embeddings
+    parallelize_module(model, tp_mesh, root_plan)
+    if tied:  # both plans shard the (V, d) matrix by rows: one parameter again
+        model.output.weight = model.tok_embeddings.weight
+    for block in model.layers:
+        plan = {
+            "attn_norm": SequenceParallel(),
+            "attn": PrepareModuleInput(
+                input_layouts=(seq, None, None, None, None, None),
+                desired_input_layouts=(Replicate(), None, None, None, None, None),
+            ),
+            "attn.qkv": ColwiseParallel(),
+            "attn.proj": RowwiseParallel(output_layouts=seq),
+            "mlp_norm": SequenceParallel(),
+            "mlp": PrepareModuleInput(input_layouts=(seq,), desired_input_layouts=(Replicate(),)),
+            "mlp.fc": ColwiseParallel(),
+            "mlp.proj": RowwiseParallel(output_layouts=seq),
+        }
+        if block.mlp.gate is not None:
+            plan["mlp.gate"] = ColwiseParallel()
+        if block.attn.q_norm is not None:  # per-head norms: replicated weights, local heads
+            plan["attn.q_norm"] = _head_sharded_norm()
+            plan["attn.k_norm"] = _head_sharded_norm()
+        parallelize_module(block, tp_mesh, plan)
+    if async_tp:
+        if tp_mesh.device_type != "cuda":
+            raise ValueError(
+                f"parallelism.tp_async needs CUDA (this mesh is on {tp_mesh.device_type})"
+            )
+        from torch._inductor import config as inductor_config
+        from torch.distributed._symmetric_memory import enable_symm_mem_for_group
+
+        inductor_config._micro_pipeline_tp = True
+        enable_symm_mem_for_group(tp_mesh.get_group().group_name)
+        logger.warning("parallelism.tp_async: on (untested in this project: no GPU here)")
+    logger.info("applied tensor + sequence parallelism (tp=%d)", tp)
+
+
+def _head_sharded_norm():
+    """A plan entry for a per-head norm inside attention (qk-norm): its weight a Replicate
+    DTensor, its input (B, local heads, T, hs) read as Shard(1) of all heads, so the weight's
+    gradient sums over every rank's heads; the output goes back to a local tensor."""
+    from torch.distributed.tensor import DTensor, distribute_module
+    from torch.distributed.tensor.parallel import ParallelStyle
+
+    class _HeadShardedNorm(ParallelStyle):
+        def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
+            def inputs(mod, args, mesh):
+                return (DTensor.from_local(args[0], mesh, [Shard(1)], run_check=False),)
+
+            def outputs(mod, out, mesh):
+                return out.to_local()
+
+            return distribute_module(module, device_mesh, input_fn=inputs, output_fn=outputs)
+
+    return _HeadShardedNorm()
 
 
 def apply_activation_checkpointing(
@@ -142,6 +246,10 @@ def parallelize_gpt(
     The model arrives materialized on CPU (see Trainer._build_model for why) and leaves on
     `device`. FSDP2 keeps the module itself (returned as is); DDP returns its wrapper.
     """
+    if dims.tp_enabled:
+        if any(p.device != device for p in model.parameters()):
+            model.to(device)  # DTensors are made on the mesh's device
+        apply_tp(model, dims.submeshes(mesh)["tp"], async_tp=dims.tp_async)
     apply_activation_checkpointing(model, ac_mode, ac_selective_option)
     if compile_enable:
         apply_compile(model, compile_whole_model)

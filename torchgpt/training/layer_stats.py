@@ -13,12 +13,10 @@ host read when the record is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor
+from torch.distributed.tensor import DTensor, Replicate
 
 STATS = ("grad_norm", "weight_norm", "update_ratio", "act_rms")
 
@@ -27,13 +25,27 @@ def _local(t: Tensor) -> Tensor:
     return t.to_local() if isinstance(t, DTensor) else t
 
 
-def _sharded_groups(params: Sequence[Tensor]) -> list[dist.ProcessGroup]:
-    """The process groups over which the parameters' shards must be summed."""
-    p = params[0]
+def _sharded_dims(p: Tensor) -> tuple[int, ...]:
+    """The mesh dimensions over which a parameter's shards must be summed (under TP a block
+    holds both sharded matrices and replicated norm weights)."""
     if not isinstance(p, DTensor):
-        return []
-    mesh = p.device_mesh
-    return [mesh.get_group(dim) for dim, pl in enumerate(p.placements) if pl.is_shard()]
+        return ()
+    # Any split placement (Shard, or the strided shard FSDP2 puts over a tensor-parallel
+    # shard's rows) sums over its dimension; only Replicate does not.
+    return tuple(dim for dim, pl in enumerate(p.placements) if not pl.is_replicate())
+
+
+def _full_partials(grad: Tensor) -> Tensor:
+    """The local part of a gradient, its Partial (unreduced) mesh dimensions summed first: under
+    TP the gradient of a replicated weight (a norm's, a row-wise bias) arrives as partial sums
+    over the sequence shards, and a sum of squares of partial sums is not the norm."""
+    if not isinstance(grad, DTensor):
+        return grad
+    if any(pl.is_partial() for pl in grad.placements):
+        grad = grad.redistribute(
+            grad.device_mesh, [Replicate() if pl.is_partial() else pl for pl in grad.placements]
+        )
+    return grad.to_local()
 
 
 class LayerStats:
@@ -51,7 +63,9 @@ class LayerStats:
         self.enabled = enabled
         self.root = getattr(model, "module", model)  # DDP wraps; FSDP2 and compile do not
         self.blocks = [list(block.parameters()) for block in self.root.layers]
-        self.groups = _sharded_groups(self.blocks[0])
+        first = self.blocks[0][0]
+        self.mesh = first.device_mesh if isinstance(first, DTensor) else None
+        self.dims = [[_sharded_dims(p) for p in ps] for ps in self.blocks]
         self.batch_group = batch_group
         self._values: dict[str, Tensor] = {}
         self._before: list[list[Tensor]] | None = None
@@ -67,15 +81,18 @@ class LayerStats:
     def _norms(self, per_block: list[list[Tensor]]) -> Tensor:
         """(n_blocks,) global L2 norms of each block's tensors (local shards summed)."""
         device = per_block[0][0].device
-        squares = torch.stack(
-            [
-                sum((t.float().pow(2).sum() for t in ts), torch.zeros((), device=device))
-                for ts in per_block
-            ]
-        )
-        for group in self.groups:
-            dist.all_reduce(squares, group=group)
-        return squares.sqrt()
+        by_dims: dict[tuple[int, ...], Tensor] = {}
+        for i, (ts, dims) in enumerate(zip(per_block, self.dims, strict=True)):
+            for t, d in zip(ts, dims, strict=True):
+                if d not in by_dims:
+                    by_dims[d] = torch.zeros(len(per_block), device=device)
+                by_dims[d][i] += t.float().pow(2).sum()
+        total = torch.zeros(len(per_block), device=device)
+        for dims, squares in by_dims.items():
+            for dim in dims:  # one all-reduce per sharded mesh dimension of this kind
+                dist.all_reduce(squares, group=self.mesh.get_group(dim))
+            total += squares
+        return total.sqrt()
 
     def gradients(self) -> None:
         """After the backward, before clipping: gradient norms and the residual RMS."""
@@ -85,7 +102,10 @@ class LayerStats:
             dist.all_reduce(ms, group=self.batch_group)
             ms /= dist.get_world_size(self.batch_group)
         self._values["act_rms"] = ms.sqrt()
-        grads = [[_local(p.grad) for p in ps if p.grad is not None] for ps in self.blocks]
+        grads = [
+            [_full_partials(p.grad) if p.grad is not None else _local(p).new_zeros(()) for p in ps]
+            for ps in self.blocks
+        ]
         self._values["grad_norm"] = self._norms(grads)
 
     def weights(self) -> None:

@@ -103,7 +103,7 @@ class Trainer:
         )
         self.train_state.extras["spike_guard"] = self.spike_guard  # resumed with the counters
         self.layer_stats = LayerStats(
-            self.model, enabled=cfg.metrics.layer_stats, batch_group=self.dims.loss_group()
+            self.model, enabled=cfg.metrics.layer_stats, batch_group=self.dims.step_group()
         )
         self._owns_preemption = preemption is None
         self.preemption = preemption or PreemptionHandler()
@@ -235,14 +235,15 @@ class Trainer:
         grad_norm = self.module.clip_grad_norm()
         # One small all-reduce carries the global loss and any rank's preemption request, so every
         # rank agrees on both (a signal may reach the ranks during different steps).
-        # The loss mesh spans every rank while tp = 1, so the flag reaches them all with it.
+        # Over the loss mesh, or the whole world when tp > 1 (dims.step_group), so the flag
+        # reaches every rank.
         stats = torch.stack([loss_sum, self.stop.step_flag()])
         self.phase = "the all-reduce of the step's loss and preemption flag"
         if dist.is_initialized():
-            dist.all_reduce(stats, group=self.dims.loss_group())
+            dist.all_reduce(stats, group=self.dims.step_group())
         # The step's one host sync: loss, flag and norm come back together.
         loss_sum_all, flag, gnorm = torch.cat([stats, grad_norm.reshape(1).float()]).tolist()
-        loss_val = loss_sum_all / self.dims.loss_degree
+        loss_val = loss_sum_all / self.dims.step_degree
         # Only the all-reduced flag may steer the loop: the handler can set `requested` on one
         # rank after this all-reduce, and a rank acting on it alone would enter the checkpoint
         # collectives by itself and hang (checkpoint-helper fix, tests/integration/test_resume.py).

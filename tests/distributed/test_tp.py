@@ -1,0 +1,133 @@
+"""Tensor + sequence parallelism (issue #24) against one process, fp32 on gloo: the same
+first losses (1e-5 relative) for tp 2, for dp_shard 2 x tp 2 on 4 processes, for both model
+flavors, with activation checkpointing and per-block compile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+from torch.distributed.tensor import DTensor
+
+from tests.trainer_utils import BASE, read_metrics, run_trainer, train_restoring_signals
+from torchgpt.config.manager import load_config
+from torchgpt.testing import run_distributed_test
+from torchgpt.train import Trainer
+
+PER_HEAD = ["--model.qkv_layout", "per_head", "--training.steps", "6"]
+PER_HEAD += ["--metrics.layer_stats", "true"]  # global per-block norms in every layout
+
+
+def _train(data: str, out: str, args: list[str]) -> None:
+    """run_trainer, and the local shapes of a few parameters (rank 0) to show the TP plan."""
+    all_args = BASE + ["--data.dataset_path", data, "--job.dump_folder", out] + args
+    trainer = Trainer(load_config(None, all_args, world_size=dist.get_world_size()))
+    train_restoring_signals(trainer)
+    model = trainer.model
+    attn = model.layers[0].attn
+    attn = getattr(attn, "_checkpoint_wrapped_module", attn)
+
+    def local(p):
+        assert isinstance(p, DTensor)
+        return list(p.to_local().shape)
+
+    if dist.get_rank() == 0:
+        block = model.layers[0]
+        block = getattr(block, "_checkpoint_wrapped_module", block)
+        shapes = {
+            "qkv": local(block.attn.qkv.weight),
+            "proj": local(block.attn.proj.weight),
+            "tok_embeddings": local(model.tok_embeddings.weight),
+            "output_tied": model.output.weight is model.tok_embeddings.weight,
+        }
+        Path(out, "shapes.json").write_text(json.dumps(shapes))
+
+
+@pytest.fixture(scope="module")
+def references(token_shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tp_ref")
+    refs = {}
+    for flavor in ("debug", "debug-modern"):
+        run_trainer(
+            str(token_shards), str(out), ["--job.name", flavor, "--model.flavor", flavor] + PER_HEAD
+        )
+        refs[flavor] = read_metrics(out / flavor), _first_layer_stats(out / flavor)
+    return refs
+
+
+def _first_layer_stats(run_dir: Path) -> dict[str, float]:
+    first = json.loads((run_dir / "metrics.jsonl").open().readline())
+    return {k: v for k, v in first.items() if k.startswith("layer_")}
+
+
+@pytest.mark.parametrize(
+    "world_size,flavor,layout",
+    [
+        (2, "debug", ["--parallelism.tp", "2"]),
+        (2, "debug-modern", ["--parallelism.tp", "2"]),
+        (4, "debug", ["--parallelism.tp", "2", "--parallelism.dp_shard", "2"]),
+        # the 3-D mesh: replicate 2 x shard 2 x tp 2 on 8 processes
+        (
+            8,
+            "debug",
+            [
+                "--parallelism.tp",
+                "2",
+                "--parallelism.dp_shard",
+                "2",
+                "--parallelism.dp_replicate",
+                "2",
+            ],
+        ),
+        # selective AC and per-block compile on the tensor-parallel blocks
+        (2, "debug", ["--parallelism.tp", "2", "--activation_checkpoint.mode", "selective"]),
+        (2, "debug", ["--parallelism.tp", "2", "--compile.enable", "true"]),
+    ],
+    ids=["tp2-gpt2", "tp2-modern", "fsdp2xtp2", "hsdp2x2xtp2", "tp2-selective-ac", "tp2-compiled"],
+)
+def test_losses_match_one_process(references, token_shards, tmp_path, world_size, flavor, layout):
+    args = ["--job.name", "run", "--model.flavor", flavor] + PER_HEAD + layout
+    run_distributed_test(
+        _train, world_size=world_size, args=(str(token_shards), str(tmp_path), args)
+    )
+    losses = read_metrics(tmp_path / "run")
+    assert len(losses) == 6
+    ref_losses, ref_stats = references[flavor]
+    assert losses == pytest.approx(ref_losses, rel=1e-5)
+    stats = _first_layer_stats(tmp_path / "run")
+    assert stats.keys() == ref_stats.keys() and len(stats) == 8
+    for key, value in stats.items():  # update ratios: Adam's sign-like first step, 1e-3
+        assert value == pytest.approx(ref_stats[key], rel=1e-3 if "update" in key else 1e-5), key
+    shapes = json.loads((tmp_path / "shapes.json").read_text())
+    d = 128  # the debug flavors' width: each tp rank holds half of every sharded matrix
+    dp = 2 if world_size > 2 else 1  # FSDP2 shards the tp shards' rows over dp_shard
+    assert shapes["qkv"] == [3 * d // 2 // dp, d] and shapes["proj"] == [d // dp, d // 2]
+    assert shapes["tok_embeddings"][0] == 50304 // 2 // dp and shapes["output_tied"]
+
+
+@pytest.mark.parametrize(
+    "resume_world,resume_layout", [(1, []), (2, ["--parallelism.dp_shard", "2"])]
+)
+def test_a_tp2_checkpoint_resumes_at_tp1_and_at_dp2(
+    token_shards, tmp_path, resume_world, resume_layout
+):
+    """DCP reshards the tensor-parallel DTensors (and the loader's state is per data-parallel
+    rank, not per process): steps 4-6 after the resume are those of the uninterrupted tp 2 run
+    (fp32 to 1e-5: another layout sums in another order)."""
+    common = ["--job.name", "run", *PER_HEAD, "--checkpoint.enable", "true"]
+    common += ["--checkpoint.interval", "3", "--checkpoint.keep_latest_k", "0"]
+    data, out = str(token_shards), str(tmp_path)
+    run_distributed_test(
+        run_trainer, world_size=2, args=(data, out, common + ["--parallelism.tp", "2"])
+    )
+    full = read_metrics(tmp_path / "run")
+    resume = common + ["--checkpoint.load_step", "3", "--job.name", "run", *resume_layout]
+    if resume_world == 1:
+        run_trainer(data, out, resume)
+    else:
+        run_distributed_test(run_trainer, world_size=resume_world, args=(data, out, resume))
+    losses = read_metrics(tmp_path / "run")  # the resumed launch appended steps 4-6
+    assert len(full) == 6 and len(losses) == 9  # the resume ran steps 4-6 only
+    assert losses[-3:] == pytest.approx(full[3:], rel=1e-5)

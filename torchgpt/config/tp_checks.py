@@ -1,0 +1,50 @@
+"""The combinations tensor parallelism (parallelism.tp > 1) refuses at config time, each named
+with its reason and the fix (torchgpt/config/manager.py collects them with every other problem).
+"""
+
+from __future__ import annotations
+
+from torchgpt.config.job_config import JobConfig
+
+
+def tp_problems(cfg: JobConfig) -> list[str]:
+    """What tensor parallelism (parallelism.tp > 1) cannot be combined with yet, each named."""
+    from torchgpt.model.args import FLAVORS
+
+    par = cfg.parallelism
+    if par.tp < 1:
+        return [f"parallelism.tp: must be >= 1, got {par.tp}"]
+    if par.tp == 1:
+        return []
+    p = []
+    if cfg.model.qkv_layout != "per_head":
+        p.append(
+            "parallelism.tp > 1 needs model.qkv_layout = 'per_head' (a column shard of the fused "
+            "qkv weight must hold whole heads); set it for a new run"
+        )
+    if cfg.optimizer.name == "muon":
+        p.append(
+            "optimizer.name = 'muon' with parallelism.tp > 1: Muon's orthogonalisation needs "
+            "each whole matrix, which tensor parallelism splits; use adamw or tp = 1"
+        )
+    args = FLAVORS.get(cfg.model.flavor)
+    modern = args is not None and (args.norm_type == "rmsnorm" or args.mlp_type == "swiglu")
+    if cfg.compile.enable and (cfg.compile.whole_model or modern):
+        p.append(
+            "compile.enable with parallelism.tp > 1 runs per block for the gpt2 flavors only: the "
+            "modern flavors' compiled tensor-parallel backward fails inside torch's DTensor "
+            "(torch 2.13), and whole_model is untested; run them eager (compile.enable = false)"
+        )
+    if cfg.training.micro_batch_size == "auto" or cfg.activation_checkpoint.mode == "auto":
+        p.append(
+            "training.micro_batch_size / activation_checkpoint.mode = 'auto' with parallelism.tp "
+            "> 1: the memory estimator does not model tensor parallelism yet; give both values"
+        )
+    if par.tp_async and not cfg.compile.enable:
+        p.append("parallelism.tp_async works through torch.compile: set compile.enable = true")
+    if cfg.training.seq_len % par.tp:
+        p.append(
+            f"training.seq_len={cfg.training.seq_len} must be a multiple of parallelism.tp="
+            f"{par.tp} (sequence parallelism splits it)"
+        )
+    return p
