@@ -18,6 +18,11 @@ from torchgpt.train import Trainer
 
 PER_HEAD = ["--model.qkv_layout", "per_head", "--training.steps", "6"]
 PER_HEAD += ["--metrics.layer_stats", "true"]  # global per-block norms in every layout
+MODELS = {  # the model keys of each reference run
+    "debug": ["--model.flavor", "debug"],
+    "debug-modern": ["--model.flavor", "debug-modern"],
+    "debug-modern-qk": ["--model.flavor", "debug-modern", "--model.qk_norm", "true"],
+}
 
 
 def _train(data: str, out: str, args: list[str]) -> None:
@@ -49,10 +54,8 @@ def _train(data: str, out: str, args: list[str]) -> None:
 def references(token_shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("tp_ref")
     refs = {}
-    for flavor in ("debug", "debug-modern"):
-        run_trainer(
-            str(token_shards), str(out), ["--job.name", flavor, "--model.flavor", flavor] + PER_HEAD
-        )
+    for flavor, model in MODELS.items():
+        run_trainer(str(token_shards), str(out), ["--job.name", flavor, *model, *PER_HEAD])
         refs[flavor] = read_metrics(out / flavor), _first_layer_stats(out / flavor)
     return refs
 
@@ -67,6 +70,7 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
     [
         (2, "debug", ["--parallelism.tp", "2"]),
         (2, "debug-modern", ["--parallelism.tp", "2"]),
+        (2, "debug-modern-qk", ["--parallelism.tp", "2"]),  # qk-norm on head shards
         (4, "debug", ["--parallelism.tp", "2", "--parallelism.dp_shard", "2"]),
         # the 3-D mesh: replicate 2 x shard 2 x tp 2 on 8 processes
         (
@@ -85,10 +89,18 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
         (2, "debug", ["--parallelism.tp", "2", "--activation_checkpoint.mode", "selective"]),
         (2, "debug", ["--parallelism.tp", "2", "--compile.enable", "true"]),
     ],
-    ids=["tp2-gpt2", "tp2-modern", "fsdp2xtp2", "hsdp2x2xtp2", "tp2-selective-ac", "tp2-compiled"],
+    ids=[
+        "tp2-gpt2",
+        "tp2-modern",
+        "tp2-modern-qknorm",
+        "fsdp2xtp2",
+        "hsdp2x2xtp2",
+        "tp2-selective-ac",
+        "tp2-compiled",
+    ],
 )
 def test_losses_match_one_process(references, token_shards, tmp_path, world_size, flavor, layout):
-    args = ["--job.name", "run", "--model.flavor", flavor] + PER_HEAD + layout
+    args = ["--job.name", "run", *MODELS[flavor]] + PER_HEAD + layout
     run_distributed_test(
         _train, world_size=world_size, args=(str(token_shards), str(tmp_path), args)
     )
