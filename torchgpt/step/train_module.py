@@ -209,6 +209,8 @@ class TrainModule:
 
     def clip_grad_norm(self) -> torch.Tensor:
         """Clip to max_norm (when > 0); returns the global gradient norm as a plain tensor."""
+        if self.dims.tp_enabled:
+            _reduce_partial_grads(self.model)
         max_norm = self.max_norm if self.max_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: materialize the global norm
@@ -234,6 +236,21 @@ class TrainModule:
             all_reduce=True,
             group=self.dims.loss_group(),
         )
+
+
+def _reduce_partial_grads(model: nn.Module) -> None:
+    """Sum the gradients still held as partial sums over the tensor-parallel ranks (those of
+    replicated weights under sequence parallelism: norms, row-wise biases) into Replicate ones,
+    so that the optimizer reads whole gradients. torch 2.13's DTensor optimizer step does this
+    itself; 2.11's fused AdamW stepped each rank with its own partial sum (the norm weights'
+    moments were ~5x off and the ranks' copies drifted apart; tests/distributed/test_tp.py)."""
+    from torch.distributed.tensor import DTensor, Replicate
+
+    for p in model.parameters():
+        g = p.grad
+        if isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements):
+            placements = [Replicate() if pl.is_partial() else pl for pl in g.placements]
+            p.grad = g.redistribute(g.device_mesh, placements)
 
 
 def perplexity(loss: float) -> float:
