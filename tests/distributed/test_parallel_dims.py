@@ -15,7 +15,12 @@ from torchgpt.testing import run_distributed_test
 
 def _par(rep: int, shard: int, kind: str = "fsdp") -> SimpleNamespace:
     return SimpleNamespace(
-        dp_replicate=rep, dp_shard=shard, data_parallel=kind, collective_timeout_s=60.0
+        dp_replicate=rep,
+        dp_shard=shard,
+        data_parallel=kind,
+        collective_timeout_s=60.0,
+        tp=1,
+        tp_async=False,
     )
 
 

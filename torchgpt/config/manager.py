@@ -290,7 +290,9 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
     if not 0.0 <= s.min_lr_ratio <= 1.0:
         p.append(f"lr_scheduler.min_lr_ratio: must be in [0, 1], got {s.min_lr_ratio}")
     if s.decay_type == "wsd":
-        decay = s.decay_steps or round(s.decay_fraction * t.steps)
+        from torchgpt.optim.lr_schedule import wsd_decay_steps
+
+        decay = wsd_decay_steps(s.decay_steps, s.decay_fraction, t.steps)
         if (
             not 0 < s.decay_fraction <= 1
             or s.decay_steps < 0

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -196,8 +198,6 @@ class TorchGPTLM(TemplateLM):
             progress.update(len(chunks[i]))
         progress.close()
         if world > 1:
-            import torch.distributed as dist
-
             parts: list[Any] = [None] * world
             dist.all_gather_object(parts, scored, group=self._shard_group)
             scored = {i: answers for part in parts for i, answers in part.items()}
@@ -256,8 +256,6 @@ def _rank_and_size(group: Any) -> tuple[int, int]:
     """This process's rank in `group` and its size; (0, 1) for no group."""
     if group is None:
         return 0, 1
-    import torch.distributed as dist
-
     return dist.get_rank(group), dist.get_world_size(group)
 
 
@@ -266,19 +264,18 @@ def _every_rank_gets_results(shard_group: Any) -> Iterator[None]:
     """simple_evaluate returns its results only where LOCAL_RANK is 0 (lm-eval's guard for
     its own tensor-parallel launches); each sharded rank here computes the whole result, so
     it reads LOCAL_RANK 0 for the call."""
-    import os
-
+    if shard_group is None:
+        yield
+        return
     saved = os.environ.get("LOCAL_RANK")
-    if shard_group is not None:
-        os.environ["LOCAL_RANK"] = "0"
+    os.environ["LOCAL_RANK"] = "0"
     try:
         yield
     finally:
-        if shard_group is not None:
-            if saved is None:
-                os.environ.pop("LOCAL_RANK", None)
-            else:
-                os.environ["LOCAL_RANK"] = saved
+        if saved is None:
+            os.environ.pop("LOCAL_RANK", None)
+        else:
+            os.environ["LOCAL_RANK"] = saved
 
 
 @contextlib.contextmanager

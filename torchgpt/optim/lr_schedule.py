@@ -58,6 +58,12 @@ def lr_multiplier(
     return min_lr_ratio + (1.0 - min_lr_ratio) * frac
 
 
+def wsd_decay_steps(decay_steps: int, decay_fraction: float, total_steps: int) -> int:
+    """The length of a wsd decay: lr_scheduler.decay_steps when > 0, else decay_fraction of
+    the run's steps."""
+    return decay_steps or round(decay_fraction * total_steps)
+
+
 @dataclass
 class LRSchedule:
     """The lr multiplier of one run: lr_multiplier's arguments, callable as LambdaLR's lambda.

@@ -50,7 +50,7 @@ class ParallelDims:
     @classmethod
     def from_config(cls, par, world_size: int) -> ParallelDims:
         """Resolve -1 degrees against world_size and check the product; ValueError lists factors."""
-        rep, shard, tp = par.dp_replicate, par.dp_shard, getattr(par, "tp", 1)
+        rep, shard, tp = par.dp_replicate, par.dp_shard, par.tp
         if tp < 1 or world_size % tp != 0:
             raise ValueError(f"parallelism.tp={tp} must be >= 1 and divide world_size={world_size}")
         if tp > 1 and par.data_parallel == "ddp":
@@ -90,7 +90,7 @@ class ParallelDims:
             world_size * tp,
             par.data_parallel,
             tp=tp,
-            tp_async=getattr(par, "tp_async", False),
+            tp_async=par.tp_async,
             collective_timeout_s=par.collective_timeout_s,
         )
 

@@ -20,9 +20,10 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import (
 )
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import Replicate, Shard
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module
 from torch.distributed.tensor.parallel import (
     ColwiseParallel,
+    ParallelStyle,
     PrepareModuleInput,
     RowwiseParallel,
     SequenceParallel,
@@ -144,12 +145,24 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -
     logger.info("applied tensor + sequence parallelism (tp=%d)", tp)
 
 
+def reduce_partial_grads(model: nn.Module) -> None:
+    """Sum the gradients still held as partial sums over the tensor-parallel ranks (those of
+    replicated weights under sequence parallelism: norms, row-wise biases) into Replicate ones,
+    once per step after the backward, so that clipping, statistics and the optimizer all read
+    whole gradients. torch 2.13's DTensor optimizer step would sum them itself; 2.11's fused
+    AdamW stepped each rank with its own partial sum (the norm weights' moments came out ~5x
+    off; tests/distributed/test_tp.py)."""
+    for p in model.parameters():
+        g = p.grad
+        if isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements):
+            placements = [Replicate() if pl.is_partial() else pl for pl in g.placements]
+            p.grad = g.redistribute(g.device_mesh, placements)
+
+
 def _head_sharded_norm():
     """A plan entry for a per-head norm inside attention (qk-norm): its weight a Replicate
     DTensor, its input (B, local heads, T, hs) read as Shard(1) of all heads, so the weight's
     gradient sums over every rank's heads; the output goes back to a local tensor."""
-    from torch.distributed.tensor import DTensor, distribute_module
-    from torch.distributed.tensor.parallel import ParallelStyle
 
     class _HeadShardedNorm(ParallelStyle):
         def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:

@@ -230,7 +230,8 @@ def check_resume(cfg: JobConfig) -> list[str]:
     again against DCP's metadata when the workers load it.
     """
     from torchgpt.checkpoint import layout
-    from torchgpt.model.args import ModelArgs, get_model_args
+    from torchgpt.model.args import ModelArgs
+    from torchgpt.step.spec import train_spec
 
     problems = [
         f"checkpoint.allow_change: {key!r} is not a key whose change is checked; choose from "
@@ -252,9 +253,7 @@ def check_resume(cfg: JobConfig) -> list[str]:
     saved = info.get("extra", {}).get("model_args")
     if not saved:
         return problems  # an older checkpoint without args: the workers' shape check decides
-    ours = asdict(
-        get_model_args(cfg.model.flavor, qk_norm=cfg.model.qk_norm, qkv_layout=cfg.model.qkv_layout)
-    )
+    ours = asdict(train_spec(cfg.model.name).model_args(cfg.model))  # what the run will build
     # A field added after the checkpoint was saved reads as its default (e.g. qkv_layout).
     defaults = {f.name: f.default for f in fields(ModelArgs)}
     saved = {**defaults, **saved}

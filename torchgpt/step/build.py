@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from torchgpt.optim.lr_schedule import build_lr_scheduler
+from torchgpt.optim.lr_schedule import build_lr_scheduler, wsd_decay_steps
 from torchgpt.optim.registry import optimizer_spec
 from torchgpt.parallel.dims import ParallelDims
 from torchgpt.step.config import TrainModuleConfig
@@ -61,7 +61,7 @@ def build_train_module(
         total_steps=step.total_steps,
         decay_type=s.decay_type,
         min_lr_ratio=s.min_lr_ratio,
-        decay_steps=s.decay_steps or round(s.decay_fraction * step.total_steps),
+        decay_steps=wsd_decay_steps(s.decay_steps, s.decay_fraction, step.total_steps),
         wsd_shape=s.wsd_shape,
     )
     return (module_cls or TrainModule)(

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from torchgpt.parallel.dims import ParallelDims
+from torchgpt.parallel.parallelize import reduce_partial_grads
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -205,12 +206,12 @@ class TrainModule:
             loss_sum += self.micro_step(
                 inputs, targets, denom=denom, sync_grads=last, after_forward=after_forward
             )
+        if self.dims.tp_enabled:  # whole gradients for clipping, statistics and the optimizer
+            reduce_partial_grads(self.model)
         return loss_sum
 
     def clip_grad_norm(self) -> torch.Tensor:
         """Clip to max_norm (when > 0); returns the global gradient norm as a plain tensor."""
-        if self.dims.tp_enabled:
-            _reduce_partial_grads(self.model)
         max_norm = self.max_norm if self.max_norm > 0 else math.inf
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm, foreach=True)
         if hasattr(norm, "full_tensor"):  # a DTensor under FSDP2: materialize the global norm
@@ -236,21 +237,6 @@ class TrainModule:
             all_reduce=True,
             group=self.dims.loss_group(),
         )
-
-
-def _reduce_partial_grads(model: nn.Module) -> None:
-    """Sum the gradients still held as partial sums over the tensor-parallel ranks (those of
-    replicated weights under sequence parallelism: norms, row-wise biases) into Replicate ones,
-    so that the optimizer reads whole gradients. torch 2.13's DTensor optimizer step does this
-    itself; 2.11's fused AdamW stepped each rank with its own partial sum (the norm weights'
-    moments were ~5x off and the ranks' copies drifted apart; tests/distributed/test_tp.py)."""
-    from torch.distributed.tensor import DTensor, Replicate
-
-    for p in model.parameters():
-        g = p.grad
-        if isinstance(g, DTensor) and any(pl.is_partial() for pl in g.placements):
-            placements = [Replicate() if pl.is_partial() else pl for pl in g.placements]
-            p.grad = g.redistribute(g.device_mesh, placements)
 
 
 def perplexity(loss: float) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-from torch.distributed.tensor import DTensor, Replicate
+from torch.distributed.tensor import DTensor
 
 STATS = ("grad_norm", "weight_norm", "update_ratio", "act_rms")
 
@@ -33,19 +33,6 @@ def _sharded_dims(p: Tensor) -> tuple[int, ...]:
     # Any split placement (Shard, or the strided shard FSDP2 puts over a tensor-parallel
     # shard's rows) sums over its dimension; only Replicate does not.
     return tuple(dim for dim, pl in enumerate(p.placements) if not pl.is_replicate())
-
-
-def _full_partials(grad: Tensor) -> Tensor:
-    """The local part of a gradient, its Partial (unreduced) mesh dimensions summed first: under
-    TP the gradient of a replicated weight (a norm's, a row-wise bias) arrives as partial sums
-    over the sequence shards, and a sum of squares of partial sums is not the norm."""
-    if not isinstance(grad, DTensor):
-        return grad
-    if any(pl.is_partial() for pl in grad.placements):
-        grad = grad.redistribute(
-            grad.device_mesh, [Replicate() if pl.is_partial() else pl for pl in grad.placements]
-        )
-    return grad.to_local()
 
 
 class LayerStats:
@@ -95,7 +82,9 @@ class LayerStats:
         return total.sqrt()
 
     def gradients(self) -> None:
-        """After the backward, before clipping: gradient norms and the residual RMS."""
+        """After the backward, before clipping: gradient norms and the residual RMS (under TP
+        the backward has summed the replicated weights' partial gradients already:
+        parallelize.reduce_partial_grads)."""
         ms = torch.stack(self.root.residual_ms).view(-1, len(self.blocks)).mean(0)
         self.root.residual_ms = None
         if dist.is_initialized() and dist.get_world_size(self.batch_group) > 1:
@@ -103,7 +92,7 @@ class LayerStats:
             ms /= dist.get_world_size(self.batch_group)
         self._values["act_rms"] = ms.sqrt()
         grads = [
-            [_full_partials(p.grad) if p.grad is not None else _local(p).new_zeros(()) for p in ps]
+            [_local(p.grad) if p.grad is not None else _local(p).new_zeros(()) for p in ps]
             for ps in self.blocks
         ]
         self._values["grad_norm"] = self._norms(grads)

@@ -14,8 +14,7 @@ from torchgpt.step.spec import TrainSpec
 
 
 def _model_args(section: Any) -> ModelArgs:
-    layout = getattr(section, "qkv_layout", "grouped")
-    return get_model_args(section.flavor, qk_norm=section.qk_norm, qkv_layout=layout)
+    return get_model_args(section.flavor, qk_norm=section.qk_norm, qkv_layout=section.qkv_layout)
 
 
 SPEC = TrainSpec(
