@@ -3,7 +3,7 @@
 
 usage:
   python tools/memory_estimate.py CONFIG.toml [--section.key value ...] --gpu GPU [--nproc N]
-      [--gpu-memory-gib G --gpu-tflops T] [--mfu 0.4] [--usd-per-gpu-hour 2.5] [--no-trace]
+      [--tp T] [--gpu-memory-gib G --gpu-tflops T] [--mfu 0.4] [--usd-per-gpu-hour 2.5] [--no-trace]
       [--json]
       [--chinchilla-flops C | --chinchilla-params N]
   python tools/memory_estimate.py --chinchilla-flops 1e19      (Chinchilla table only)
@@ -61,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-gib", type=float, help="memory of another GPU (with --gpu-tflops)")
     p.add_argument("--gpu-tflops", type=float, help="dense bf16 TFLOP/s of another GPU")
     p.add_argument("--nproc", type=int, default=1, help="GPUs (= processes) of the job")
+    p.add_argument(
+        "--tp",
+        type=int,
+        help="tensor-parallel degree: --parallelism.tp T, with --model.qkv_layout per_head "
+        "(which tp needs; memory does not depend on it)",
+    )
     p.add_argument("--mfu", type=float, help="assumed MFU in (0, 1]; default per GPU type")
     p.add_argument("--usd-per-gpu-hour", type=float, help="price, adds a cost line")
     p.add_argument("--no-trace", action="store_true", help="analytic memory only (instant)")
@@ -121,6 +127,10 @@ def run(argv: list[str]) -> int:
     from torchgpt.config.manager import load_config
     from torchgpt.estimation.plan import TrainingPlan
 
+    if args.tp is not None:
+        overrides += [f"--parallelism.tp={args.tp}"]
+        if args.tp > 1:
+            overrides += ["--model.qkv_layout=per_head"]
     cfg = load_config(args.config, overrides, world_size=args.nproc)
     sizing = None
     if cfg.sizing_is_auto:  # as the trainer resolves it at start, for this GPU's memory

@@ -26,14 +26,14 @@ def _build(model, section, device_type):
     return torch.optim.SGD(model.parameters(), lr=section.lr, momentum=0.9)
 
 
-def _state(args, shard):
-    return [("SGD momentum", "optimizer state", 4 * local_params(args, shard))]
+def _state(args, shard, tp):
+    return [("SGD momentum", "optimizer state", 4 * local_params(args, shard, tp))]
 
 
 SPEC = OptimizerSpec(
     build=_build,
     state_rows=_state,
-    step_rows=lambda args, shard, sharded, section: [],
+    step_rows=lambda args, shard, sharded, section, tp: [],
     doc="SGD with momentum",
 )
 '''

@@ -6,7 +6,6 @@ import pytest
 
 from torchgpt.config.job_config import ConfigError
 from torchgpt.config.manager import load_config
-from torchgpt.estimation.plan import TrainingPlan
 from torchgpt.parallel.dims import ParallelDims
 
 TP = ["--parallelism.tp", "2", "--model.qkv_layout", "per_head", "--training.micro_batch_size", "8"]
@@ -19,7 +18,7 @@ TP += ["--activation_checkpoint.mode", "selective"]
         (["--model.qkv_layout", "grouped"], "needs model.qkv_layout = 'per_head'"),
         (["--optimizer.name", "muon"], "Muon's orthogonalisation needs each whole matrix"),
         (["--model.flavor", "modern-124m", "--compile.enable", "true"], "run them eager"),
-        (["--training.micro_batch_size", "auto"], "does not model tensor parallelism yet"),
+        (["--model.flavor", "gpt2-1558m"], r"divide the model's attention heads \(n_heads=25\)"),
         (["--parallelism.tp_async", "true"], "tp_async works through torch.compile"),
     ],
 )
@@ -51,8 +50,3 @@ def test_the_degrees_resolve_around_tp():
     assert dims.step_degree == 8 and not dims.ddp_enabled
     tp_only = ParallelDims.from_config(load_config(None, TP, world_size=2).parallelism, 2)
     assert tp_only.dp_degree == 1 and not tp_only.fsdp_enabled and not tp_only.ddp_enabled
-
-
-def test_the_estimator_says_it_does_not_model_tp_yet():
-    with pytest.raises(ValueError, match="do not model tensor parallelism yet"):
-        TrainingPlan.from_config(load_config(None, TP, world_size=4), 4)

@@ -35,11 +35,8 @@ def tp_problems(cfg: JobConfig) -> list[str]:
             "modern flavors' compiled tensor-parallel backward fails inside torch's DTensor "
             "(torch 2.13), and whole_model is untested; run them eager (compile.enable = false)"
         )
-    if cfg.training.micro_batch_size == "auto" or cfg.activation_checkpoint.mode == "auto":
-        p.append(
-            "training.micro_batch_size / activation_checkpoint.mode = 'auto' with parallelism.tp "
-            "> 1: the memory estimator does not model tensor parallelism yet; give both values"
-        )
+    if args is not None:
+        p += _divisibility(args, par.tp)
     if par.tp_async and not cfg.compile.enable:
         p.append("parallelism.tp_async works through torch.compile: set compile.enable = true")
     if cfg.training.seq_len % par.tp:
@@ -47,4 +44,23 @@ def tp_problems(cfg: JobConfig) -> list[str]:
             f"training.seq_len={cfg.training.seq_len} must be a multiple of parallelism.tp="
             f"{par.tp} (sequence parallelism splits it)"
         )
+    return p
+
+
+def _divisibility(args, tp: int) -> list[str]:
+    """The model sizes tensor parallelism splits evenly (torchgpt.parallel.parallelize.apply_tp
+    checks them again on the built model)."""
+    p = []
+    for name, value, what in [
+        ("n_heads", args.n_heads, "attention heads"),
+        ("hidden_dim", args.hidden_dim, "MLP hidden units"),
+        ("padded_vocab_size", args.padded_vocab_size, "lm-head rows"),
+    ]:
+        if value % tp:
+            fits = [k for k in range(2, value + 1) if value % k == 0][:4]
+            p.append(
+                f"parallelism.tp={tp} must divide the model's {what} ({name}={value}); "
+                f"tp degrees that do: {', '.join(map(str, fits)) or 'none'}, or tp = 1 "
+                "(FSDP2 alone shards the weights over every rank)"
+            )
     return p

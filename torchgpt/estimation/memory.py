@@ -17,7 +17,7 @@ import math
 from dataclasses import dataclass, field
 
 from torchgpt.estimation.plan import TrainingPlan
-from torchgpt.model.args import num_matmul_params, num_params
+from torchgpt.model.args import num_local_params, num_matmul_params
 from torchgpt.model.cost import ElementBytes
 from torchgpt.optim.registry import optimizer_spec
 
@@ -73,29 +73,31 @@ def element_bytes(plan: TrainingPlan) -> ElementBytes:
 
 def _blocks_saved(plan: TrainingPlan, b: ElementBytes) -> tuple[int, int]:
     """(bytes per token saved by all blocks, extra bytes per token to recompute one block)."""
-    args, n = plan.args, plan.args.n_layers
-    full = plan.cost.saved_bytes_per_token(args, b)
+    args, n, tp = plan.args, plan.args.n_layers, plan.tp
+    full = plan.cost.saved_bytes_per_token(args, b, tp)
+    block_input = b.residual * args.dim / tp  # a sequence shard under tp
     if plan.ac_mode == "none":
         return n * full, 0
     if plan.ac_mode == "full":
-        return n * b.residual * args.dim, full
+        return n * block_input, full
     if plan.ac_selective_option == "op":
-        sel = plan.cost.selective_saved_bytes_per_token(args, b)
+        sel = plan.cost.selective_saved_bytes_per_token(args, b, tp)
         return n * sel, full - sel
     every = int(plan.ac_selective_option)
     n_ckpt = math.ceil(n / every)  # blocks 0, N, 2N, ... are wrapped
-    return n_ckpt * b.residual * args.dim + (n - n_ckpt) * full, full
+    return n_ckpt * block_input + (n - n_ckpt) * full, full
 
 
 def _resident(plan: TrainingPlan) -> list[MemoryItem]:
     """Tensors alive for the whole run: fp32 master weights and the optimizer's state (sharded),
     as its OptimizerSpec states it (AdamW: exp_avg + exp_avg_sq; Muon: one fp32 momentum
     buffer for the blocks' matrices, AdamW's moments for the rest)."""
-    n_local = math.ceil(num_params(plan.args, padded_vocab=True) / plan.shard_degree)
+    n_local = math.ceil(num_local_params(plan.args, plan.tp) / plan.shard_degree)
     shard = f" / {plan.shard_degree}" if plan.shard_degree > 1 else ""
-    items = [MemoryItem(f"fp32 master weights{shard}", "parameters", 4 * n_local)]
+    items = [MemoryItem(f"fp32 master weights{_tp(plan)}{shard}", "parameters", 4 * n_local)]
     spec = optimizer_spec(plan.optimizer_name)
-    items += [MemoryItem(*row) for row in spec.state_rows(plan.args, plan.shard_degree)]
+    rows = spec.state_rows(plan.args, plan.shard_degree, plan.tp)
+    items += [MemoryItem(*row) for row in rows]
     if plan.ddp:
         # DDP copies gradients into flat buckets covering every parameter (no bucket views).
         items.append(MemoryItem("DDP gradient buckets (fp32)", "gradients", 4 * n_local))
@@ -106,7 +108,7 @@ def _accumulated_grads(plan: TrainingPlan) -> list[MemoryItem]:
     """Gradients held between micro-steps (none when there is no accumulation)."""
     if plan.grad_accum <= 1:
         return []
-    n = num_params(plan.args, padded_vocab=True)
+    n = num_local_params(plan.args, plan.tp)
     if plan.fsdp:
         # set_requires_gradient_sync(False) on non-final micro-steps: FSDP2 keeps UNSHARDED
         # gradients, upcast to reduce_dtype fp32, until the last micro-step reduce-scatters.
@@ -118,12 +120,12 @@ def _gathered_params(plan: TrainingPlan, b: ElementBytes, in_backward: bool) -> 
     """FSDP2 all-gathered (unsharded) parameters alive at the moment."""
     if not plan.fsdp:
         return []
-    per_block = plan.cost.block_params(plan.args) * b.param_compute
+    per_block = plan.cost.block_params(plan.args, plan.tp) * b.param_compute
     if in_backward:
         # The block being differentiated plus the prefetched next one.
         return [MemoryItem("all-gathered params (2 blocks)", "transient", 2 * per_block)]
     if plan.reshard_after_forward == "never":
-        n = num_params(plan.args, padded_vocab=True)
+        n = num_local_params(plan.args, plan.tp)
         return [
             MemoryItem("all-gathered params (never resharded)", "transient", n * b.param_compute)
         ]
@@ -137,20 +139,26 @@ def _autocast_weight_copies(plan: TrainingPlan) -> list[MemoryItem]:
     if plan.precision_mode != "autocast-bf16":
         return []
     args = plan.args
-    if plan.ac_mode == "none":
-        n = num_matmul_params(args)
+    if plan.ac_mode == "none":  # every matmul weight is split tp ways
+        n = num_matmul_params(args) // plan.tp
         return [MemoryItem("autocast bf16 weight copies (all matmuls)", "transient", 2 * n)]
     # Inside checkpointed blocks the casts are recomputed; only the lm-head's copy is saved.
-    head = args.padded_vocab_size * args.dim
+    head = args.padded_vocab_size * args.dim // plan.tp
     return [MemoryItem("autocast bf16 weight copy (lm-head)", "transient", 2 * head)]
 
 
 def _head_saved(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
     """What the step saves after the blocks, over the micro-batch's tokens."""
-    per_token = plan.cost.head_saved_bytes_per_token(plan.args, b)
+    per_token = plan.cost.head_saved_bytes_per_token(plan.args, b, plan.tp)
     return MemoryItem(
-        "final norm, lm-head input, tokens", "activations", plan.tokens_per_micro_batch * per_token
+        "final norm, lm-head input, tokens",
+        "activations",
+        round(plan.tokens_per_micro_batch * per_token),
     )
+
+
+def _tp(plan: TrainingPlan) -> str:
+    return f" / tp {plan.tp}" if plan.tp > 1 else ""
 
 
 def _loss_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
@@ -158,7 +166,7 @@ def _loss_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
     tok = plan.tokens_per_micro_batch
     blocks, _ = _blocks_saved(plan, b)
     items = _resident(plan) + _accumulated_grads(plan)
-    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
+    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", round(tok * blocks)))
     items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=False) + _autocast_weight_copies(plan)
     items.append(_loss_buffers(plan, b))
@@ -171,6 +179,7 @@ def _loss_buffers(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
     compile on: torchgpt.step.train_module's fused cross-entropy (compiled with the model) saves
     the padded logits in their compute dtype (bf16 under bf16) and its backward writes their
     gradient in the same dtype, one fused pass each: 2 x B*T x Vp x compute bytes, no fp32 copy.
+    Under tp > 1 the lm-head gathers its vocabulary-sharded logits: one more 1/tp slice.
     compile off: eager F.cross_entropy on the sliced logits upcast to fp32; the logits
     themselves are gone (the TrainModule drops its reference and no op saved them), leaving the
     fp32 log_softmax output (saved), the grad of nll_loss and the grad of log_softmax:
@@ -178,7 +187,13 @@ def _loss_buffers(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
     tok, args = plan.tokens_per_micro_batch, plan.args
     if plan.compile_enable:
         name = f"fused loss: logits + their grad (2 x B*T x Vp, {b.compute} B)"
-        return MemoryItem(name, "transient", tok * 2 * b.compute * args.padded_vocab_size)
+        n = 2 * tok * args.padded_vocab_size
+        if plan.tp > 1:
+            # The lm-head's vocabulary slice as well: in backward the slice of that gradient,
+            # in forward the all-gather's buffer, its reordered copy and the slice (as many).
+            name = f"fused loss + tp lm-head: (2 + 1/tp) x B*T x Vp ({b.compute} B)"
+            n += tok * args.padded_vocab_size // plan.tp
+        return MemoryItem(name, "transient", n * b.compute)
     return MemoryItem(
         "cross-entropy fp32 buffers (3 x B*T x V)", "transient", tok * 12 * args.vocab_size
     )
@@ -191,17 +206,18 @@ def _lm_head_backward_moment(plan: TrainingPlan, b: ElementBytes) -> list[Memory
     the loss buffers are small next to the weights (a short micro-batch of a small model)."""
     args, tok = plan.args, plan.tokens_per_micro_batch
     blocks, _ = _blocks_saved(plan, b)
-    vp, d = args.padded_vocab_size, args.dim
+    vp, d, tp = args.padded_vocab_size, args.dim, plan.tp
     items = _resident(plan) + _accumulated_grads(plan)
-    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
+    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", round(tok * blocks)))
     items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
     grad_logits = (b.compute if plan.compile_enable else 4) * tok * vp
     items.append(MemoryItem("grad of the logits (B*T x Vp)", "transient", grad_logits))
-    weight_grad = b.param_compute * vp * d + b.compute * tok * d  # + the grad of its input
+    weight_grad = b.param_compute * vp * d // tp + b.compute * tok * d  # + its input's
     items.append(MemoryItem("lm-head weight + input grads", "transient", weight_grad))
     if plan.precision_mode == "autocast-bf16":
-        items.append(MemoryItem("lm-head weight grad upcast to fp32", "transient", 4 * vp * d))
+        upcast = 4 * vp * d // tp
+        items.append(MemoryItem("lm-head weight grad upcast to fp32", "transient", upcast))
     return items
 
 
@@ -209,19 +225,17 @@ def _block_backward_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryIt
     """Backward of the last block: its recomputed activations and gradient temporaries."""
     args, tok = plan.args, plan.tokens_per_micro_batch
     blocks, recompute = _blocks_saved(plan, b)
-    d, h, c = args.dim, args.hidden_dim, b.compute
+    d, h, c, tp = args.dim, args.hidden_dim, b.compute, plan.tp
     items = _resident(plan) + _accumulated_grads(plan)
-    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", tok * blocks))
+    items.append(MemoryItem(f"blocks, AC {plan.ac_text()}", "activations", round(tok * blocks)))
     items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
-    temps = recompute + 2 * b.residual * d + c * (2 * h + 4 * d)
-    items.append(MemoryItem("block recompute + gradient temporaries", "transient", tok * temps))
+    temps = recompute + 2 * b.residual * d / tp + c * (2 * h + 4 * d) / tp
+    name = "block recompute + gradient temporaries"
+    items.append(MemoryItem(name, "transient", round(tok * temps)))
     if plan.fsdp:
-        items.append(
-            MemoryItem(
-                "fp32 reduce-scatter input (1 block)", "transient", 4 * plan.cost.block_params(args)
-            )
-        )
+        block = plan.cost.block_params(args, tp)
+        items.append(MemoryItem("fp32 reduce-scatter input (1 block)", "transient", 4 * block))
     return items
 
 
@@ -229,8 +243,8 @@ def _root_reduce_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]
     """FSDP2 end of backward: the root group (embeddings, tied lm-head, final norm) is
     reduce-scattered after every block's gradient is already sharded."""
     args, pd = plan.args, b.param_compute
-    n_blocks = args.n_layers * plan.cost.block_params(args)
-    n_root = num_params(args, padded_vocab=True) - n_blocks
+    n_blocks = args.n_layers * plan.cost.block_params(args, plan.tp)
+    n_root = num_local_params(args, plan.tp) - n_blocks
     items = _resident(plan)
     grads = MemoryItem(
         "fp32 grads of the blocks (sharded)", "gradients", 4 * n_blocks // plan.shard_degree
@@ -247,13 +261,13 @@ def _optimizer_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
     """The optimizer step: sharded grads present, plus what the update allocates (its
     OptimizerSpec: foreach AdamW's sqrt(exp_avg_sq) temporary, Muon's largest matrix)."""
     args = plan.args
-    n_local = math.ceil(num_params(args, padded_vocab=True) / plan.shard_degree)
+    n_local = math.ceil(num_local_params(args, plan.tp) / plan.shard_degree)
     items = _resident(plan)
     items.append(
         MemoryItem("fp32 grads (sharded)" if plan.fsdp else "fp32 grads", "gradients", 4 * n_local)
     )
     spec = optimizer_spec(plan.optimizer_name)
-    rows = spec.step_rows(args, plan.shard_degree, plan.fsdp, plan.step.optimizer)
+    rows = spec.step_rows(args, plan.shard_degree, plan.fsdp, plan.step.optimizer, plan.tp)
     return items + [MemoryItem(*row) for row in rows]
 
 

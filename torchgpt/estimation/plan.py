@@ -2,7 +2,8 @@
 
 Built from a validated JobConfig and a world size; holds the step as the Trainer describes it
 (torchgpt.step.config.TrainModuleConfig: model args, precision, AC, compile, optimizer, never
-re-derived here), the data-parallel degrees (from ParallelDims) and the batch arithmetic.
+re-derived here), the parallel degrees (from ParallelDims: data-parallel and tensor-parallel)
+and the batch arithmetic.
 Immutable, so the suggestion search can try variations with `replace()`.
 """
 
@@ -52,6 +53,7 @@ class TrainingPlan:
     micro_batch_size: int
     seq_len: int
     global_batch_tokens: int
+    tp: int = 1
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> TrainingPlan:
@@ -63,12 +65,6 @@ class TrainingPlan:
         """
         if world_size < 1:
             raise ValueError(f"--nproc: {world_size} must be >= 1 (one process per GPU)")
-        if cfg.parallelism.tp > 1:
-            raise ValueError(
-                f"parallelism.tp={cfg.parallelism.tp}: the memory and time estimates do not "
-                "model tensor parallelism yet (issue #24); estimate the tp = 1 layout, whose "
-                "per-rank weights and optimizer state tp divides, and its activations less so"
-            )
         dims = ParallelDims.from_config(cfg.parallelism, world_size)
         t = cfg.training
         # "auto" is bf16 on every GPU of torchgpt.utils.hardware.GPUS (all support it)
@@ -82,6 +78,7 @@ class TrainingPlan:
             micro_batch_size=t.micro_batch_size,
             seq_len=t.seq_len,
             global_batch_tokens=t.global_batch_tokens,
+            tp=dims.tp,
         )
         plan.check_batch()
         return plan
@@ -139,7 +136,9 @@ class TrainingPlan:
     # ---- derived ------------------------------------------------------------------------
     @property
     def dims(self) -> ParallelDims:
-        return ParallelDims(self.dp_replicate, self.dp_shard, self.world_size, self.data_parallel)
+        return ParallelDims(
+            self.dp_replicate, self.dp_shard, self.world_size, self.data_parallel, tp=self.tp
+        )
 
     @property
     def fsdp(self) -> bool:
@@ -184,14 +183,17 @@ class TrainingPlan:
         return precision_mode(self.mixed_precision == "bf16", fsdp=self.fsdp)
 
     def layout_text(self) -> str:
-        """One line describing the data-parallel layout."""
+        """One line describing the layout: data parallelism, then tensor parallelism."""
+        tp = f"TP {self.tp} (sequence parallel)" if self.tp > 1 else ""
         if self.fsdp and self.dp_replicate > 1:
-            return f"HSDP (replicate {self.dp_replicate} x shard {self.dp_shard})"
-        if self.fsdp:
-            return f"FSDP2 (shard {self.dp_shard})"
-        if self.ddp:
-            return f"DDP ({self.world_size} replicas)"
-        return "single device"
+            dp = f"HSDP (replicate {self.dp_replicate} x shard {self.dp_shard})"
+        elif self.fsdp:
+            dp = f"FSDP2 (shard {self.dp_shard})"
+        elif self.ddp:
+            dp = f"DDP ({self.world_size} replicas)"
+        else:
+            return tp or "single device"
+        return f"{dp} x {tp}" if tp else dp
 
     def ac_text(self) -> str:
         if self.ac_mode == "selective":
@@ -210,7 +212,7 @@ class TrainingPlan:
 
     def replace(self, **changes: object) -> TrainingPlan:
         """A copy with `changes` applied (the step's keys change its TrainModuleConfig); a new
-        world_size re-infers the shard degree.
+        world_size re-infers the shard degree (tp and dp_replicate kept).
 
         Raises:
             ValueError: the variation is not a valid layout (see `check_batch`).
@@ -218,9 +220,10 @@ class TrainingPlan:
         if "world_size" in changes and "dp_shard" not in changes:
             ws = int(changes["world_size"])  # type: ignore[arg-type]
             if self.data_parallel == "fsdp":
-                if ws % self.dp_replicate != 0:
-                    raise ValueError(f"dp_replicate={self.dp_replicate} does not divide {ws}")
-                changes["dp_shard"] = ws // self.dp_replicate
+                group = self.dp_replicate * self.tp
+                if ws % group != 0:
+                    raise ValueError(f"dp_replicate x tp = {group} does not divide {ws}")
+                changes["dp_shard"] = ws // group
             else:
                 changes["dp_replicate"], changes["dp_shard"] = ws, 1
         step = {k: changes.pop(k) for k in list(changes) if k in _STEP_KEYS}

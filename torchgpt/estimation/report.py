@@ -251,6 +251,11 @@ def render_text(est: Estimate) -> str:
     lines += chinchilla_lines(est.chinchilla_flops, est.chinchilla_rows, est.plan)
     notes = est.analytic.notes + (est.traced.notes if est.traced else [])
     notes.append("speed: communication assumed overlapped with compute (inside the assumed MFU)")
+    if est.plan.tp > 1:
+        notes.append(
+            f"tp {est.plan.tp}: its all-gathers / reduce-scatters sit on the critical path of "
+            "every block (not overlapped unless parallelism.tp_async); lower --mfu for them"
+        )
     lines += ["", "Assumptions"] + [f"  - {n}" for n in notes]
     return "\n".join(lines)
 

@@ -77,6 +77,29 @@ def sharding_propagation_untracked() -> Iterator[None]:
         setattr(ShardingPropagator, name, propagate)
 
 
+@contextlib.contextmanager
+def meshes_made_real() -> Iterator[None]:
+    """Every DeviceMesh made inside the trace is made with the fake mode off: a mesh computes
+    its rank coordinates from a small int tensor (with nonzero(), which FakeTensorMode cannot
+    run), and building the model makes new ones (the flattened batch mesh of HSDP x TP, and
+    FSDP2's join of the data-parallel and tensor-parallel meshes for every DTensor
+    parameter). No tensor of the step is made there."""
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    init = DeviceMesh.__init__
+
+    def real_init(self, *args, **kwargs):
+        with unset_fake_temporarily():
+            init(self, *args, **kwargs)
+
+    DeviceMesh.__init__ = real_init
+    try:
+        yield
+    finally:
+        DeviceMesh.__init__ = init
+
+
 def _peak_items(tracker: MemTracker) -> tuple[int, list[MemoryItem]]:
     """Peak total and the tracker's categories at the peak, summed over devices."""
     snapshot = tracker.get_tracker_snapshot("peak")
@@ -139,7 +162,7 @@ def trace_memory(plan: TrainingPlan) -> MemoryEstimate:
 
 def _trace(plan: TrainingPlan) -> tuple[int, list[MemoryItem]]:
     mesh = plan.dims.build_mesh("cpu")
-    with FakeTensorMode(), fused_loss_stand_in():
+    with FakeTensorMode(), fused_loss_stand_in(), meshes_made_real():
         module = build_module(plan, mesh, fake=True)
         prime_optimizer_state(module)
         if plan.fsdp:

@@ -207,6 +207,25 @@ def num_params(args: ModelArgs, *, embeddings: bool = True, padded_vocab: bool =
     return total
 
 
+def num_local_params(args: ModelArgs, tp: int = 1) -> int:
+    """Parameters one tensor-parallel rank holds (padded vocabulary), under the plan of
+    torchgpt.parallel.parallelize.apply_tp: every matmul weight and the biases of the
+    column-wise layers (qkv, fc, gate) split `tp` ways, as are the token table (the tied or
+    untied lm-head with it) and learned positions (by rows); norms, qk-norm weights and the
+    row-wise projections' biases are replicated. tp = 1 is num_params(padded_vocab=True)."""
+    if tp == 1:
+        return num_params(args, padded_vocab=True)
+    d, h, b = args.dim, args.hidden_dim, int(args.bias)
+    n_mlp_mats = 3 if args.mlp_type == "swiglu" else 2
+    split = 4 * d * d + 3 * d * b + n_mlp_mats * d * h + (n_mlp_mats - 1) * h * b
+    whole = 2 * _norm_params(args, d) + 2 * d * b + (2 * args.head_dim if args.qk_norm else 0)
+    rows = args.padded_vocab_size * (1 if args.tie_embeddings else 2)
+    if args.pos_embedding == "learned":
+        rows += args.max_seq_len
+    block = -(-split // tp) + whole
+    return args.n_layers * block + _norm_params(args, d) + -(-rows // tp) * d
+
+
 def num_matmul_params(args: ModelArgs) -> int:
     """Weights that take part in a matmul per token: block Linears plus the padded lm-head.
 

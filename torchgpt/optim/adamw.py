@@ -13,7 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from torchgpt.model.args import ModelArgs, num_params
+from torchgpt.model.args import ModelArgs, num_local_params
 from torchgpt.optim.registry import MemoryRows, OptimizerSpec
 
 
@@ -67,25 +67,29 @@ def _build(model: nn.Module, section: Any, device_type: str) -> torch.optim.Opti
     )
 
 
-def local_params(args: ModelArgs, shard_degree: int) -> int:
-    """Parameters one rank holds (the padded vocabulary included)."""
-    return math.ceil(num_params(args, padded_vocab=True) / shard_degree)
+def local_params(args: ModelArgs, shard_degree: int, tp: int = 1) -> int:
+    """Parameters one rank holds (the padded vocabulary included): its tensor-parallel slice
+    (torchgpt.model.args.num_local_params), sharded `shard_degree` ways by FSDP2."""
+    return math.ceil(num_local_params(args, tp) / shard_degree)
 
 
-def _shard(shard_degree: int) -> str:
-    return f" / {shard_degree}" if shard_degree > 1 else ""
+def _shard(shard_degree: int, tp: int = 1) -> str:
+    """The label's divisors: " / tp T" under tensor parallelism, " / N" under FSDP2."""
+    return (f" / tp {tp}" if tp > 1 else "") + (f" / {shard_degree}" if shard_degree > 1 else "")
 
 
-def _state_rows(args: ModelArgs, shard_degree: int) -> MemoryRows:
-    label = f"AdamW exp_avg + exp_avg_sq (fp32){_shard(shard_degree)}"
-    return [(label, "optimizer state", 8 * local_params(args, shard_degree))]
+def _state_rows(args: ModelArgs, shard_degree: int, tp: int) -> MemoryRows:
+    label = f"AdamW exp_avg + exp_avg_sq (fp32){_shard(shard_degree, tp)}"
+    return [(label, "optimizer state", 8 * local_params(args, shard_degree, tp))]
 
 
-def step_rows(args: ModelArgs, shard_degree: int, sharded: bool, section: Any) -> MemoryRows:
+def step_rows(
+    args: ModelArgs, shard_degree: int, sharded: bool, section: Any, tp: int
+) -> MemoryRows:
     """foreach's temporary of one fp32 tensor per parameter (none for fused / for-loop)."""
     if section.implementation != "foreach":
         return []
-    return [("foreach AdamW temporary", "transient", 4 * local_params(args, shard_degree))]
+    return [("foreach AdamW temporary", "transient", 4 * local_params(args, shard_degree, tp))]
 
 
 SPEC = OptimizerSpec(

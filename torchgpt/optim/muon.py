@@ -190,8 +190,9 @@ def matrix_shapes(args: ModelArgs) -> list[tuple[int, int]]:
     return _MATRIX_SHAPES[key] * args.n_layers
 
 
-def _state_rows(args: ModelArgs, shard_degree: int) -> MemoryRows:
-    """One fp32 momentum buffer for the blocks' matrices, AdamW's two moments for the rest."""
+def _state_rows(args: ModelArgs, shard_degree: int, tp: int) -> MemoryRows:
+    """One fp32 momentum buffer for the blocks' matrices, AdamW's two moments for the rest
+    (tp is always 1: the config refuses Muon with tensor parallelism)."""
     shard = f" / {shard_degree}" if shard_degree > 1 else ""
     n_local = adamw.local_params(args, shard_degree)
     muon_local = math.ceil(sum(r * c for r, c in matrix_shapes(args)) / shard_degree)
@@ -222,8 +223,10 @@ def update_peak(args: ModelArgs, shard_degree: int, sharded: bool) -> int:
     return peak
 
 
-def _step_rows(args: ModelArgs, shard_degree: int, sharded: bool, section: Any) -> MemoryRows:
-    rows = adamw.step_rows(args, shard_degree, sharded, section)
+def _step_rows(
+    args: ModelArgs, shard_degree: int, sharded: bool, section: Any, tp: int
+) -> MemoryRows:
+    rows = adamw.step_rows(args, shard_degree, sharded, section, tp)
     peak = update_peak(args, shard_degree, sharded)
     return rows + [("Muon update of the largest matrix", "transient", peak)]
 

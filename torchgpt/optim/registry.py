@@ -30,16 +30,17 @@ class OptimizerSpec:
     Attributes:
         build: (model, [optimizer] section, device type) -> the optimizer over the model's
             trainable parameters.
-        state_rows: (model args, shard degree) -> the per-rank optimizer state resident through
-            the run (sharded `shard degree` ways under FSDP2).
-        step_rows: (model args, shard degree, sharded, [optimizer] section) -> what one update
-            allocates beside the state and the gradients, at its largest moment.
+        state_rows: (model args, shard degree, tp) -> the per-rank optimizer state resident
+            through the run (of a tensor-parallel rank's parameters, sharded `shard degree`
+            ways under FSDP2; `adamw.local_params` counts them).
+        step_rows: (model args, shard degree, sharded, [optimizer] section, tp) -> what one
+            update allocates beside the state and the gradients, at its largest moment.
         doc: one line for errors and --help.
     """
 
     build: Callable[[nn.Module, Any, str], torch.optim.Optimizer]
-    state_rows: Callable[[ModelArgs, int], MemoryRows]
-    step_rows: Callable[[ModelArgs, int, bool, Any], MemoryRows]
+    state_rows: Callable[[ModelArgs, int, int], MemoryRows]
+    step_rows: Callable[[ModelArgs, int, bool, Any, int], MemoryRows]
     doc: str
 
 
