@@ -1,6 +1,7 @@
 """Tensor + sequence parallelism (issue #24) against one process, fp32 on gloo: the same
-first losses (1e-5 relative) for tp 2, for dp_shard 2 x tp 2 on 4 processes, for both model
-flavors, with activation checkpointing and per-block compile."""
+first losses and validation loss (1e-5 relative) for tp 2, for dp_shard 2 x tp 2 on 4
+processes, for both model flavors, with activation checkpointing and per-block compile, with
+loss parallel (the default) and with the logits gathered for the loss."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from torchgpt.train import Trainer
 
 PER_HEAD = ["--model.qkv_layout", "per_head", "--training.steps", "6"]
 PER_HEAD += ["--metrics.layer_stats", "true"]  # global per-block norms in every layout
+# validation at the last step: the model's full logits for a caller other than the loss
+PER_HEAD += ["--validation.enable", "true", "--validation.interval", "6"]
+PER_HEAD += ["--validation.tokens", "1024"]
 MODELS = {  # the model keys of each reference run
     "debug": ["--model.flavor", "debug"],
     "debug-modern": ["--model.flavor", "debug-modern"],
@@ -56,7 +60,11 @@ def references(token_shards, tmp_path_factory):
     refs = {}
     for flavor, model in MODELS.items():
         run_trainer(str(token_shards), str(out), ["--job.name", flavor, *model, *PER_HEAD])
-        refs[flavor] = read_metrics(out / flavor), _first_layer_stats(out / flavor)
+        refs[flavor] = (
+            read_metrics(out / flavor),
+            _first_layer_stats(out / flavor),
+            read_metrics(out / flavor, "val_loss"),
+        )
     return refs
 
 
@@ -87,7 +95,18 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
         ),
         # selective AC and per-block compile on the tensor-parallel blocks
         (2, "debug", ["--parallelism.tp", "2", "--activation_checkpoint.mode", "selective"]),
-        (2, "debug", ["--parallelism.tp", "2", "--compile.enable", "true"]),
+        # the fused loss of compile on logits gathered over the vocabulary (no loss parallel)
+        (
+            2,
+            "debug",
+            [
+                "--parallelism.tp",
+                "2",
+                "--compile.enable",
+                "true",
+                "--parallelism.loss_parallel=false",
+            ],
+        ),
     ],
     ids=[
         "tp2-gpt2",
@@ -96,7 +115,7 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
         "fsdp2xtp2",
         "hsdp2x2xtp2",
         "tp2-selective-ac",
-        "tp2-compiled",
+        "tp2-compiled-gathered-loss",
     ],
 )
 def test_losses_match_one_process(references, token_shards, tmp_path, world_size, flavor, layout):
@@ -106,8 +125,10 @@ def test_losses_match_one_process(references, token_shards, tmp_path, world_size
     )
     losses = read_metrics(tmp_path / "run")
     assert len(losses) == 6
-    ref_losses, ref_stats = references[flavor]
+    ref_losses, ref_stats, ref_val = references[flavor]
     assert losses == pytest.approx(ref_losses, rel=1e-5)
+    val = read_metrics(tmp_path / "run", "val_loss")
+    assert len(val) == 1 and val == pytest.approx(ref_val, rel=1e-5)
     stats = _first_layer_stats(tmp_path / "run")
     assert stats.keys() == ref_stats.keys() and len(stats) == 8
     for key, value in stats.items():  # update ratios: Adam's sign-like first step, 1e-3

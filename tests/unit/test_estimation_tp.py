@@ -46,8 +46,11 @@ def with_layers(plan: TrainingPlan, n_layers: int) -> TrainingPlan:
         (["--activation_checkpoint.mode=selective"], 2),
         (["--activation_checkpoint.mode=full", "--training.mixed_precision=fp32"], 2),
         (["--model.flavor=debug-modern", "--model.qk_norm=true"], 2),
-        # the fused loss's logits gathered over the vocabulary
+        # loss parallel (the default) compiled, and the fused loss on logits gathered over the
+        # vocabulary; 2 x B*T x Vp/tp fp32 apart
         (["--compile.enable=true"], 2),
+        (["--compile.enable=true", "--parallelism.loss_parallel=false"], 2),
+        (["--parallelism.loss_parallel=false"], 2),
         # FSDP2 x TP (bf16 params, no-sync accumulation) and HSDP x TP on 8 fake ranks
         (["--parallelism.dp_shard=2", "--training.global_batch_tokens=8192"], 4),
         (["--parallelism.dp_replicate=2", "--training.micro_batch_size=4"], 8),
@@ -58,6 +61,8 @@ def test_analytic_matches_trace_at_tp(overrides: list[str], nproc: int) -> None:
     assert plan.tp == 2 and plan.dp_degree == nproc // 2
     analytic, traced = analytic_memory(plan), trace_memory(plan)
     assert analytic.peak_bytes == pytest.approx(traced.peak_bytes, rel=0.01)
+    loss = [i.name for i in analytic.items if "loss" in i.name or "cross-entropy" in i.name]
+    assert loss and ("loss parallel" in loss[0]) == plan.loss_parallel
 
 
 @pytest.mark.parametrize(

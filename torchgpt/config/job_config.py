@@ -214,6 +214,9 @@ class Parallelism:
     row-wise, norms and dropout on sequence shards, the embeddings row-wise, the lm-head
     column-wise. world_size = dp_replicate x dp_shard x tp; needs model.qkv_layout =
     "per_head" and data_parallel = "fsdp"; tp ranks share their batch."""
+    loss_parallel: bool = True
+    """With tp > 1: the lm-head's logits stay split over the vocabulary and the cross-entropy
+    runs on the shards (1/tp of the (B*T, V) buffers per rank); false gathers them first."""
     tp_async: bool = False
     """Async TP on CUDA (torch's micro-pipelined all-gather / reduce-scatter matmuls under
     torch.compile); an option that has not run here (no GPU): it is refused on CPU."""

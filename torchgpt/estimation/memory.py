@@ -180,11 +180,19 @@ def _loss_buffers(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
     the padded logits in their compute dtype (bf16 under bf16) and its backward writes their
     gradient in the same dtype, one fused pass each: 2 x B*T x Vp x compute bytes, no fp32 copy.
     Under tp > 1 the lm-head gathers its vocabulary-sharded logits: one more 1/tp slice.
+    With loss parallel (tp > 1, either compile setting: torchgpt.step.vocab_parallel) each rank
+    holds its (B*T, Vp/tp) slice of the logits, saved in their dtype; the backward makes the
+    slice's fp32 softmax in place and returns it in the logits' dtype (a copy under bf16).
     compile off: eager F.cross_entropy on the sliced logits upcast to fp32; the logits
     themselves are gone (the TrainModule drops its reference and no op saved them), leaving the
     fp32 log_softmax output (saved), the grad of nll_loss and the grad of log_softmax:
     3 x B*T x V x 4 bytes."""
     tok, args = plan.tokens_per_micro_batch, plan.args
+    if plan.vocab_sharded_loss:
+        c = b.compute
+        per = c + 4 + (c if c != 4 else 0)  # saved logits, fp32 softmax, grad in their dtype
+        name = f"loss parallel: {per} B x B*T x Vp/tp"
+        return MemoryItem(name, "transient", per * tok * args.padded_vocab_size // plan.tp)
     if plan.compile_enable:
         name = f"fused loss: logits + their grad (2 x B*T x Vp, {b.compute} B)"
         n = 2 * tok * args.padded_vocab_size
@@ -212,6 +220,8 @@ def _lm_head_backward_moment(plan: TrainingPlan, b: ElementBytes) -> list[Memory
     items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=True) + _autocast_weight_copies(plan)
     grad_logits = (b.compute if plan.compile_enable else 4) * tok * vp
+    if plan.vocab_sharded_loss:  # the slice's gradient
+        grad_logits = b.compute * tok * vp // tp
     items.append(MemoryItem("grad of the logits (B*T x Vp)", "transient", grad_logits))
     weight_grad = b.param_compute * vp * d // tp + b.compute * tok * d  # + its input's
     items.append(MemoryItem("lm-head weight + input grads", "transient", weight_grad))

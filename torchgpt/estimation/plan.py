@@ -54,6 +54,7 @@ class TrainingPlan:
     seq_len: int
     global_batch_tokens: int
     tp: int = 1
+    loss_parallel: bool = True  # read only when tp > 1
 
     @classmethod
     def from_config(cls, cfg: JobConfig, world_size: int) -> TrainingPlan:
@@ -79,6 +80,7 @@ class TrainingPlan:
             seq_len=t.seq_len,
             global_batch_tokens=t.global_batch_tokens,
             tp=dims.tp,
+            loss_parallel=dims.loss_parallel,
         )
         plan.check_batch()
         return plan
@@ -137,7 +139,12 @@ class TrainingPlan:
     @property
     def dims(self) -> ParallelDims:
         return ParallelDims(
-            self.dp_replicate, self.dp_shard, self.world_size, self.data_parallel, tp=self.tp
+            self.dp_replicate,
+            self.dp_shard,
+            self.world_size,
+            self.data_parallel,
+            tp=self.tp,
+            loss_parallel=self.loss_parallel,
         )
 
     @property
@@ -157,6 +164,11 @@ class TrainingPlan:
     @property
     def dp_degree(self) -> int:
         return self.dims.dp_degree
+
+    @property
+    def vocab_sharded_loss(self) -> bool:
+        """The cross-entropy runs on vocabulary shards (tp > 1 with loss parallel)."""
+        return self.tp > 1 and self.loss_parallel
 
     @property
     def tokens_per_micro_batch(self) -> int:

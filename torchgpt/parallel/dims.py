@@ -38,6 +38,7 @@ class ParallelDims:
     data_parallel: str = "fsdp"
     tp: int = 1
     tp_async: bool = field(default=False, compare=False)
+    loss_parallel: bool = field(default=True, compare=False)
     collective_timeout_s: float | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -91,6 +92,7 @@ class ParallelDims:
             par.data_parallel,
             tp=tp,
             tp_async=par.tp_async,
+            loss_parallel=par.loss_parallel,
             collective_timeout_s=par.collective_timeout_s,
         )
 

@@ -70,7 +70,9 @@ def _op_sac_policy():
     return policy
 
 
-def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -> None:
+def apply_tp(
+    model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False, loss_parallel: bool = True
+) -> None:
     """Tensor + sequence parallelism over `tp_mesh` (Megatron-LM, TorchTitan's plan).
 
     The residual stream between blocks is sharded along the sequence (Shard(1)): the norms
@@ -79,8 +81,11 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -
     heads / hidden units, which the model reads from the tensor, not from its args) and its
     projection row-wise, reduce-scattering back to sequence shards. The token (and learned
     position) embeddings are row-wise with sequence-sharded outputs; the lm-head gathers the
-    sequence and returns replicated logits, so the loss is computed as on one device. The model
-    code knows no mesh: everything is module plans and DTensor parameters.
+    sequence and returns replicated logits, so the loss is computed as on one device, or with
+    `loss_parallel` keeps them split over the vocabulary for the training loss (the padded
+    logits the step asks for: torchgpt.step.vocab_parallel) and gathers them
+    for every other caller. The model code knows no mesh: everything is module plans and
+    DTensor parameters.
 
     `async_tp` (CUDA, with torch.compile): inductor's micro-pipelined TP, which overlaps each
     all-gather / reduce-scatter with its matmul through symmetric memory. Never run here (no
@@ -101,7 +106,11 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -
     root_plan = {
         "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
         "norm": SequenceParallel(),
-        "output": ColwiseParallel(input_layouts=seq, output_layouts=Replicate()),
+        "output": ColwiseParallel(
+            input_layouts=seq,
+            output_layouts=Shard(-1) if loss_parallel else Replicate(),
+            use_local_output=not loss_parallel,
+        ),
     }
     if model.pos_embeddings is not None:  # (T,) positions -> (T, d): shard T, dim 0
         root_plan["pos_embeddings"] = RowwiseParallel(
@@ -109,6 +118,8 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -
         )
     tied = a.tie_embeddings
     parallelize_module(model, tp_mesh, root_plan)
+    if loss_parallel:
+        model.register_forward_hook(_local_logits_unless_padded, with_kwargs=True)
     if tied:  # both plans shard the (V, d) matrix by rows: one parameter again
         model.output.weight = model.tok_embeddings.weight
     for block in model.layers:
@@ -143,6 +154,15 @@ def apply_tp(model: nn.Module, tp_mesh: DeviceMesh, *, async_tp: bool = False) -
         enable_symm_mem_for_group(tp_mesh.get_group().group_name)
         logger.warning("parallelism.tp_async: on (untested in this project: no GPU here)")
     logger.info("applied tensor + sequence parallelism (tp=%d)", tp)
+
+
+def _local_logits_unless_padded(module, args, kwargs, output):
+    """Loss parallel: the training step's padded logits stay vocabulary-sharded DTensors; every
+    other call (validation, evaluation, sampling) slices the real vocabulary, which gathers
+    it, and gets a plain tensor, as without tensor parallelism."""
+    if isinstance(output, DTensor) and not kwargs.get("padded_vocab", False):
+        return output.full_tensor()
+    return output
 
 
 def reduce_partial_grads(model: nn.Module) -> None:
@@ -262,7 +282,8 @@ def parallelize_gpt(
     if dims.tp_enabled:
         if any(p.device != device for p in model.parameters()):
             model.to(device)  # DTensors are made on the mesh's device
-        apply_tp(model, dims.submeshes(mesh)["tp"], async_tp=dims.tp_async)
+        tp_mesh = dims.submeshes(mesh)["tp"]
+        apply_tp(model, tp_mesh, async_tp=dims.tp_async, loss_parallel=dims.loss_parallel)
     apply_activation_checkpointing(model, ac_mode, ac_selective_option)
     if compile_enable:
         apply_compile(model, compile_whole_model)

@@ -18,9 +18,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 from torchgpt.parallel.dims import ParallelDims
 from torchgpt.parallel.parallelize import reduce_partial_grads
+from torchgpt.step.vocab_parallel import vocab_parallel_cross_entropy_sum
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -88,6 +90,8 @@ def token_loss(
     `fused` takes the compiled single-pass kernel (no fp32 copy of the logits); otherwise the
     padded columns are sliced off and F.cross_entropy runs eagerly. Both give the same value.
     """
+    if isinstance(logits, DTensor):  # loss parallel: split over the vocabulary
+        return vocab_parallel_cross_entropy_sum(logits, targets, vocab_size) / denom
     if fused:
         return _compiled_cross_entropy_sum(logits, targets, vocab_size) / denom
     return token_cross_entropy_sum(logits[..., :vocab_size], targets) / denom
