@@ -77,8 +77,9 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
     "world_size,flavor,layout",
     [
         (2, "debug", ["--parallelism.tp", "2"]),
-        (2, "debug-modern", ["--parallelism.tp", "2"]),
+        (2, "debug-modern", ["--parallelism.tp", "2", "--compile.enable", "true"]),
         (2, "debug-modern-qk", ["--parallelism.tp", "2"]),  # qk-norm on head shards
+        (2, "debug-modern-qk", ["--parallelism.tp", "2", "--compile.enable", "true"]),
         (4, "debug", ["--parallelism.tp", "2", "--parallelism.dp_shard", "2"]),
         # the 3-D mesh: replicate 2 x shard 2 x tp 2 on 8 processes
         (
@@ -110,8 +111,9 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
     ],
     ids=[
         "tp2-gpt2",
-        "tp2-modern",
+        "tp2-modern-compiled",
         "tp2-modern-qknorm",
+        "tp2-modern-qknorm-compiled",
         "fsdp2xtp2",
         "hsdp2x2xtp2",
         "tp2-selective-ac",

@@ -17,7 +17,7 @@ TP += ["--activation_checkpoint.mode", "selective"]
     [
         (["--model.qkv_layout", "grouped"], "needs model.qkv_layout = 'per_head'"),
         (["--optimizer.name", "muon"], "Muon's orthogonalisation needs each whole matrix"),
-        (["--model.flavor", "modern-124m", "--compile.enable", "true"], "run them eager"),
+        (["--compile.enable", "true", "--compile.whole_model", "true"], "per-block compile is"),
         (["--model.flavor", "gpt2-1558m"], r"divide the model's attention heads \(n_heads=25\)"),
         (["--parallelism.tp_async", "true"], "tp_async works through torch.compile"),
     ],

@@ -104,7 +104,7 @@ def apply_tp(
         raise ValueError("parallelism.tp > 1 needs model.qkv_layout = 'per_head'")
     seq = Shard(1)
     root_plan = {
-        "tok_embeddings": RowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
+        "tok_embeddings": _SyncRowwiseParallel(input_layouts=Replicate(), output_layouts=seq),
         "norm": SequenceParallel(),
         "output": ColwiseParallel(
             input_layouts=seq,
@@ -154,6 +154,23 @@ def apply_tp(
         enable_symm_mem_for_group(tp_mesh.get_group().group_name)
         logger.warning("parallelism.tp_async: on (untested in this project: no GPU here)")
     logger.info("applied tensor + sequence parallelism (tp=%d)", tp)
+
+
+class _SyncRowwiseParallel(RowwiseParallel):
+    """RowwiseParallel whose output reduce-scatter completes before the module returns.
+
+    torch's RowwiseParallel leaves it asynchronous (an AsyncCollectiveTensor, waited on at its
+    first use). The token embedding's output is the first block's input: with a compiled block
+    (the modern flavors, which have no position table to add first) the compiled backward
+    returned a plain gradient for it and torch 2.13's Redistribute.backward failed on it
+    ('Tensor' object has no attribute '_local_tensor'). The next op needs the result at once,
+    so waiting here costs no overlap."""
+
+    @staticmethod
+    def _prepare_output_fn(output_layouts, use_local_output, mod, outputs, device_mesh):
+        if outputs.placements != output_layouts:
+            outputs = outputs.redistribute(placements=output_layouts, async_op=False)
+        return outputs.to_local() if use_local_output else outputs
 
 
 def _local_logits_unless_padded(module, args, kwargs, output):
