@@ -5,6 +5,7 @@
   python bench/memory_estimate.py --only cpu      # estimate vs real step only
   python bench/memory_estimate.py --only gpu      # mini_gpt_100m on 1xH100, 4xA100-80G, 2xRTX4090
   python bench/memory_estimate.py --only recipe   # mini_gpt_100m's own real step here (2 procs)
+  python bench/memory_estimate.py --only tp       # debug and bench configs at tp 2 (2 procs)
   python bench/memory_estimate.py --with-tracker  # also MemTracker on the real tensors
 
 CPU table: for the debug config and the bench config (gpt2-d384-l6 flavor, seq 512, micro-batch
@@ -54,6 +55,11 @@ RECIPE = (
     ["--training.micro_batch_size=2", "--training.global_batch_tokens=4096"],
 )
 GPU_LAYOUTS = (("h100", 1), ("a100-80g", 4), ("rtx4090", 2))
+TP2 = ["--parallelism.tp=2", "--model.qkv_layout=per_head"]  # tensor parallel over 2 processes
+TP_CASES = [
+    (("debug tp2", DEBUG[1], DEBUG[2] + TP2), (2,), ("none", "selective", "full")),
+    (("bench tp2", BENCH[1], BENCH[2] + TP2), (2,), ("none", "selective", "full")),
+]
 
 
 def _plan(path: str, overrides: list[str], nproc: int, ac: str) -> TrainingPlan:
@@ -132,11 +138,14 @@ def gpu_table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", choices=("cpu", "gpu", "recipe"))
+    parser.add_argument("--only", choices=("cpu", "gpu", "recipe", "tp"))
     parser.add_argument("--with-tracker", action="store_true")
     args = parser.parse_args()
     if args.only == "recipe":  # mini_gpt_100m.toml's real step here against its estimates
         cpu_table(args.with_tracker, [(RECIPE, (2,), ("selective", "none"))])
+        return
+    if args.only == "tp":  # tensor parallelism: its estimates against its real step here
+        cpu_table(args.with_tracker, TP_CASES)
         return
     if args.only != "gpu":
         cpu_table(args.with_tracker)

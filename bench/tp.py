@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Tensor parallelism's cost on this CPU: the same model, batch and steps through run_train.sh on
-2 processes, as FSDP2 (dp_shard 2) and as TP 2 (tp 2, per_head qkv), interleaved (A B A B ...),
+2 processes, as FSDP2 (dp_shard 2) and as TP 2 (tp 2, per_head qkv; with loss parallel, the
+default, and with the logits gathered for the loss), interleaved (A B C A B C ...),
 fp32, on synthetic shards written here. Prints the median tokens/s of each (the step records
 after the first, which holds start-up) and TP's time per step relative to FSDP2's.
 
@@ -27,7 +28,15 @@ from torchgpt.testing import write_synthetic_shards
 REPO = Path(__file__).resolve().parents[1]
 LAYOUTS = {
     "fsdp2": ["--parallelism.dp_shard", "2"],
-    "tp2": ["--parallelism.tp", "2", "--parallelism.dp_shard", "1"],
+    "tp2": ["--parallelism.tp", "2", "--parallelism.dp_shard", "1"],  # loss parallel (default)
+    "tp2-gathered-loss": [
+        "--parallelism.tp",
+        "2",
+        "--parallelism.dp_shard",
+        "1",
+        "--parallelism.loss_parallel",
+        "false",
+    ],
 }
 
 
@@ -77,8 +86,9 @@ def main() -> None:
     best = {k: statistics.median(v) for k, v in rates.items()}
     for layout, value in best.items():
         runs = ", ".join(f"{r:,.0f}" for r in rates[layout])
-        print(f"{layout:>6}: {value:8,.0f} tokens/s (runs: {runs})")
-    print(f"tp2 time per step: {best['fsdp2'] / best['tp2']:.2f}x FSDP2's")
+        print(f"{layout:>17}: {value:8,.0f} tokens/s (runs: {runs})")
+    for layout in ("tp2", "tp2-gathered-loss"):
+        print(f"{layout} time per step: {best['fsdp2'] / best[layout]:.2f}x FSDP2's")
 
 
 if __name__ == "__main__":
