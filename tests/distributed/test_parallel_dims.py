@@ -3,24 +3,18 @@ tensor-parallel axis exists with degree 1 (no mesh: it would hold one rank)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.distributed as dist
 
+from torchgpt.config.job_config import Parallelism
 from torchgpt.parallel.dims import ParallelDims
 from torchgpt.testing import run_distributed_test
 
 
-def _par(rep: int, shard: int, kind: str = "fsdp") -> SimpleNamespace:
-    return SimpleNamespace(
-        dp_replicate=rep,
-        dp_shard=shard,
-        data_parallel=kind,
-        collective_timeout_s=60.0,
-        tp=1,
-        tp_async=False,
+def _par(rep: int, shard: int, kind: str = "fsdp") -> Parallelism:
+    return Parallelism(
+        dp_replicate=rep, dp_shard=shard, data_parallel=kind, collective_timeout_s=60.0
     )
 
 

@@ -6,6 +6,7 @@ loss parallel (the default) and with the logits gathered for the loss."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -142,25 +143,34 @@ def test_losses_match_one_process(references, token_shards, tmp_path, world_size
     assert shapes["tok_embeddings"][0] == 50304 // 2 // dp and shapes["output_tied"]
 
 
+RESUME = ["--job.name", "run", *PER_HEAD, "--checkpoint.enable", "true"]
+RESUME += ["--checkpoint.interval", "3", "--checkpoint.keep_latest_k", "0"]
+
+
+@pytest.fixture(scope="module")
+def tp2_run(token_shards, tmp_path_factory) -> Path:
+    """One uninterrupted tp 2 run with checkpoints at steps 3 and 6, shared by the resumes."""
+    out = tmp_path_factory.mktemp("tp2_run")
+    args = (str(token_shards), str(out), RESUME + ["--parallelism.tp", "2"])
+    run_distributed_test(run_trainer, world_size=2, args=args)
+    return out / "run"
+
+
 @pytest.mark.parametrize(
     "resume_world,resume_layout",
     [(1, []), (2, ["--parallelism.dp_shard", "2"]), (2, ["--parallelism.tp", "2"])],
     ids=["at-tp1", "at-dp2", "at-tp2"],
 )
 def test_a_tp2_checkpoint_resumes_at_tp1_and_at_dp2(
-    token_shards, tmp_path, resume_world, resume_layout
+    token_shards, tmp_path, tp2_run, resume_world, resume_layout
 ):
     """DCP reshards the tensor-parallel DTensors (and the loader's state is per data-parallel
     rank, not per process): steps 4-6 after the resume are those of the uninterrupted tp 2 run,
     bitwise at tp 2 again, to 1e-5 in fp32 at another layout (which sums in another order)."""
-    common = ["--job.name", "run", *PER_HEAD, "--checkpoint.enable", "true"]
-    common += ["--checkpoint.interval", "3", "--checkpoint.keep_latest_k", "0"]
+    shutil.copytree(tp2_run, tmp_path / "run")  # each resume writes into its own copy
     data, out = str(token_shards), str(tmp_path)
-    run_distributed_test(
-        run_trainer, world_size=2, args=(data, out, common + ["--parallelism.tp", "2"])
-    )
     full = read_metrics(tmp_path / "run")
-    resume = common + ["--checkpoint.load_step", "3", "--job.name", "run", *resume_layout]
+    resume = RESUME + ["--checkpoint.load_step", "3", "--job.name", "run", *resume_layout]
     if resume_world == 1:
         run_trainer(data, out, resume)
     else:
