@@ -17,7 +17,8 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from torchgpt.config.job_config import ConfigError, JobConfig, batch_problem
+from torchgpt.config.batch import batch_problem
+from torchgpt.config.job_config import ConfigError, JobConfig
 from torchgpt.config.tp_checks import tp_problems
 
 if sys.version_info >= (3, 11):

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Literal
 
-from torchgpt.config.job_config import JobConfig, batch_problem, grad_accum_steps
+from torchgpt.config.batch import batch_problem, grad_accum_steps
+from torchgpt.config.job_config import JobConfig
 from torchgpt.model.args import ModelArgs
 from torchgpt.parallel.dims import ParallelDims
 from torchgpt.step.config import TrainModuleConfig
@@ -178,7 +179,7 @@ class TrainingPlan:
     @property
     def grad_accum(self) -> int:
         """Micro-steps per optimizer step (the trainer's
-        torchgpt.config.job_config.grad_accum_steps)."""
+        torchgpt.config.batch.grad_accum_steps)."""
         return grad_accum_steps(
             self.global_batch_tokens, self.micro_batch_size, self.seq_len, self.dp_degree
         )
