@@ -46,6 +46,19 @@ class Model:
     modern-124m)."""
     qk_norm: bool = False
     """Apply RMSNorm to queries and keys (stabilises modern-* flavors at high lr)."""
+    mlp_type: Literal["", "gelu", "swiglu", "relu2"] = ""
+    """MLP of every block; empty keeps the flavor's (gelu for gpt2-*, swiglu for modern-*);
+    relu2 = proj(relu(fc(x))^2) (Primer, modded-nanogpt)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the lm-head (every flavor does); false unties them."""
+    zero_init_proj: bool = False
+    """Zero-initialise each block's output projections (attn.proj, mlp.proj): blocks start as
+    the identity."""
+    unet_skips: bool = False
+    """U-net skips: each of the last n_layers // 2 blocks adds a learned multiple of its
+    mirror block's output (modded-nanogpt); not with parallelism.tp > 1."""
+    logit_softcap: float = 0.0
+    """> 0 bounds the logits to (-c, c) with c * tanh(logits / c) (modded-nanogpt: 30)."""
     qkv_layout: Literal["grouped", "per_head"] = "grouped"
     """Row order of the fused qkv weight: grouped (GPT-2's [q | k | v]) or per_head ([q k v]
     of each head), which tensor parallelism (parallelism.tp > 1) needs; the same model either

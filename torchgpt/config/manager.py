@@ -234,6 +234,8 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
             f"training.seq_len: {t.seq_len} exceeds the context of flavor '{cfg.model.flavor}' "
             f"({FLAVORS[cfg.model.flavor].max_seq_len})"
         )
+    if not cfg.model.logit_softcap >= 0:
+        p.append(f"model.logit_softcap: must be >= 0 (0 = off), got {cfg.model.logit_softcap}")
     for key, value in [
         ("training.steps", t.steps),
         ("training.global_batch_tokens", t.global_batch_tokens),

@@ -4,6 +4,8 @@ with its reason and the fix (torchgpt/config/manager.py collects them with every
 
 from __future__ import annotations
 
+import dataclasses
+
 from torchgpt.config.job_config import JobConfig
 
 
@@ -27,7 +29,20 @@ def tp_problems(cfg: JobConfig) -> list[str]:
             "optimizer.name = 'muon' with parallelism.tp > 1: Muon's orthogonalisation needs "
             "each whole matrix, which tensor parallelism splits; use adamw or tp = 1"
         )
+    if not cfg.model.tie_embeddings:
+        p.append(
+            "model.tie_embeddings = false with parallelism.tp > 1: the token table's gradient "
+            "comes out whole on every tp rank (DTensor's embedding backward), not its shard; "
+            "untested: keep the embeddings tied or use tp = 1"
+        )
+    if cfg.model.unet_skips:
+        p.append(
+            "model.unet_skips with parallelism.tp > 1: the skip weights are not in the "
+            "tensor-parallel plan; use tp = 1 (FSDP2 / HSDP) or unet_skips = false"
+        )
     args = FLAVORS.get(cfg.model.flavor)
+    if args is not None and cfg.model.mlp_type:  # the block option changes the MLP width
+        args = dataclasses.replace(args, mlp_type=cfg.model.mlp_type)
     if cfg.compile.enable and cfg.compile.whole_model:
         p.append(
             "compile.whole_model with parallelism.tp > 1 is untested (per-block compile is "

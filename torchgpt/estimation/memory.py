@@ -75,17 +75,18 @@ def _blocks_saved(plan: TrainingPlan, b: ElementBytes) -> tuple[int, int]:
     """(bytes per token saved by all blocks, extra bytes per token to recompute one block)."""
     args, n, tp = plan.args, plan.args.n_layers, plan.tp
     full = plan.cost.saved_bytes_per_token(args, b, tp)
+    skips = plan.cost.skip_saved_bytes_per_token(args, b, plan.ac_mode)
     block_input = b.residual * args.dim / tp  # a sequence shard under tp
     if plan.ac_mode == "none":
-        return n * full, 0
+        return n * full + skips, 0
     if plan.ac_mode == "full":
-        return n * block_input, full
+        return n * block_input + skips, full
     if plan.ac_selective_option == "op":
         sel = plan.cost.selective_saved_bytes_per_token(args, b, tp)
-        return n * sel, full - sel
+        return n * sel + skips, full - sel
     every = int(plan.ac_selective_option)
     n_ckpt = math.ceil(n / every)  # blocks 0, N, 2N, ... are wrapped
-    return n_ckpt * block_input + (n - n_ckpt) * full, full
+    return n_ckpt * block_input + (n - n_ckpt) * full + skips, full
 
 
 def _resident(plan: TrainingPlan) -> list[MemoryItem]:
@@ -170,7 +171,20 @@ def _loss_moment(plan: TrainingPlan, b: ElementBytes) -> list[MemoryItem]:
     items.append(_head_saved(plan, b))
     items += _gathered_params(plan, b, in_backward=False) + _autocast_weight_copies(plan)
     items.append(_loss_buffers(plan, b))
+    if plan.args.logit_softcap > 0:
+        items.append(_softcap_saved(plan, b))
     return items
+
+
+def _softcap_saved(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:
+    """model.logit_softcap: tanh saves its output, one more (B*T, Vp) tensor in the compute
+    dtype (the loss then saves the capped logits where it saved the lm-head's own); a
+    vocabulary shard of it under loss parallel. Freed by the softcap's backward, before the
+    lm-head's."""
+    n = plan.tokens_per_micro_batch * plan.args.padded_vocab_size
+    if plan.vocab_sharded_loss:
+        n //= plan.tp
+    return MemoryItem("logit soft-cap: saved tanh output", "activations", n * b.compute)
 
 
 def _loss_buffers(plan: TrainingPlan, b: ElementBytes) -> MemoryItem:

@@ -11,7 +11,7 @@ from typing import Literal
 
 _NORM_TYPES = ("layernorm", "rmsnorm")
 _POS_EMBEDDINGS = ("learned", "rope")
-_MLP_TYPES = ("gelu", "swiglu")
+_MLP_TYPES = ("gelu", "swiglu", "relu2")
 
 
 @dataclass
@@ -38,10 +38,12 @@ class ModelArgs:
     """Learned absolute positions (GPT-2) or rotary embeddings (Su et al. 2021)."""
     rope_theta: float = 10000.0
     """RoPE base frequency; ignored for learned positions."""
-    mlp_type: Literal["gelu", "swiglu"] = "gelu"
-    """GELU MLP (GPT-2) or SwiGLU (Shazeer 2020, used by Llama)."""
+    mlp_type: Literal["gelu", "swiglu", "relu2"] = "gelu"
+    """GELU MLP (GPT-2), SwiGLU (Shazeer 2020, used by Llama) or ReLU^2 (So et al. 2021,
+    Primer; modded-nanogpt): proj(relu(fc(x))^2), two matrices like GELU's."""
     ffn_hidden_dim: int | None = None
-    """MLP hidden width; None means 4*dim (gelu) or 8/3*dim rounded up to 64 (swiglu)."""
+    """MLP hidden width; None means 4*dim (gelu, relu2) or 8/3*dim rounded up to 64
+    (swiglu)."""
     bias: bool = True
     """Biases in every Linear and LayerNorm (GPT-2) or none (modern models)."""
     qk_norm: bool = False
@@ -55,6 +57,15 @@ class ModelArgs:
     initialized as the grouped one, its rows reordered); exports convert to grouped."""
     init_std: float = 0.02
     """Std of the normal init of weights (GPT-2); residual projections get a scaled std."""
+    zero_init_proj: bool = False
+    """Initialize the residual output projections (attn.proj, mlp.proj) to zero, so every
+    block starts as the identity (modded-nanogpt) instead of GPT-2's scaled normal init."""
+    unet_skips: bool = False
+    """U-net skips (modded-nanogpt): the input of each of the last n_layers // 2 blocks gets
+    w_i times the output of its mirror among the first n_layers // 2 (learned w_i, init 1)."""
+    logit_softcap: float = 0.0
+    """> 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanogpt's 30), bounding them to
+    (-c, c); 0 leaves them as they are."""
 
     @property
     def padded_vocab_size(self) -> int:
@@ -72,7 +83,7 @@ class ModelArgs:
         """Resolved MLP hidden width."""
         if self.ffn_hidden_dim is not None:
             return self.ffn_hidden_dim
-        if self.mlp_type == "gelu":
+        if self.mlp_type != "swiglu":
             return 4 * self.dim
         # SwiGLU has three matrices instead of two, so 2/3 of 4*dim keeps the parameter count
         # (Shazeer 2020, "GLU Variants Improve Transformer"); round up to 64 for fast matmuls.
@@ -113,6 +124,8 @@ class ModelArgs:
             problems.append(
                 f"ffn_hidden_dim={self.ffn_hidden_dim!r} must be a positive int or None"
             )
+        if not self.logit_softcap >= 0:
+            problems.append(f"logit_softcap={self.logit_softcap!r} must be >= 0 (0 = off)")
         for name in ("norm_eps", "rope_theta", "init_std"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}={getattr(self, name)!r} must be > 0")
@@ -198,6 +211,7 @@ def num_params(args: ModelArgs, *, embeddings: bool = True, padded_vocab: bool =
     """
     vocab = args.padded_vocab_size if padded_vocab else args.vocab_size
     total = args.n_layers * _block_params(args) + _norm_params(args, args.dim)
+    total += args.n_layers // 2 if args.unet_skips else 0  # one skip weight per pair
     if embeddings:
         total += vocab * args.dim
         if args.pos_embedding == "learned":
@@ -223,7 +237,8 @@ def num_local_params(args: ModelArgs, tp: int = 1) -> int:
     if args.pos_embedding == "learned":
         rows += args.max_seq_len
     block = -(-split // tp) + whole
-    return args.n_layers * block + _norm_params(args, d) + -(-rows // tp) * d
+    skips = args.n_layers // 2 if args.unet_skips else 0
+    return args.n_layers * block + _norm_params(args, d) + skips + -(-rows // tp) * d
 
 
 def num_matmul_params(args: ModelArgs) -> int:

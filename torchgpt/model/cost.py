@@ -22,6 +22,7 @@ __all__ = [
     "num_params",
     "saved_bytes_per_token",
     "selective_saved_bytes_per_token",
+    "skip_saved_bytes_per_token",
 ]
 
 
@@ -65,13 +66,28 @@ def saved_bytes_per_token(args: ModelArgs, b: ElementBytes, tp: int = 1) -> floa
         split += 2 * c * d  # rotated / normalized q and k are new tensors that SDPA saves
     split += c * d + 4 * args.n_heads  # SDPA output (= proj input) and fp32 logsumexp
     full += c * d  # fc input (gathered)
-    if args.mlp_type == "gelu":
-        split += 2 * c * h  # GELU input and output (= proj input)
+    if args.mlp_type != "swiglu":
+        # GELU: its input and output (= proj input); ReLU^2: relu's output (also the square's
+        # input) and the square (= proj input)
+        split += 2 * c * h
     else:
         split += 4 * c * h  # gate out, silu out, fc out, product (= proj input)
         if r != c:
             full += c * d  # autocast casts the norm output once for gate and again for fc
     return 2 * norm_saved_bytes_per_token(args, r, tp) + full + split / tp
+
+
+def skip_saved_bytes_per_token(args: ModelArgs, b: ElementBytes, ac_mode: str) -> float:
+    """Bytes per token the U-net skips (args.unet_skips) keep beyond the blocks' own saves: the
+    first half's block outputs wait in the skip list for their mirror blocks. Each is also
+    the next block's input, which that block saves itself (a LayerNorm, or an RMSNorm whose
+    fp32 upcast of an fp32 residual is the tensor itself, or a checkpointed block) except an
+    RMSNorm's on a bf16 residual (FSDP2's bf16 parameters): then the skip holds one more."""
+    if not args.unet_skips or args.norm_type != "rmsnorm" or b.residual == 4:
+        return 0
+    if ac_mode == "full":
+        return 0  # the checkpoint saves each block's input itself
+    return args.n_layers // 2 * b.residual * args.dim
 
 
 def selective_saved_bytes_per_token(args: ModelArgs, b: ElementBytes, tp: int = 1) -> float:

@@ -126,7 +126,8 @@ def _left_padded_positions(pad: Tensor, start_pos: int, t: int) -> tuple[Tensor,
 
 
 class FeedForward(nn.Module):
-    """GELU MLP (GPT-2) or SwiGLU (Shazeer 2020): proj(silu(gate(x)) * fc(x))."""
+    """GELU MLP (GPT-2), SwiGLU (Shazeer 2020): proj(silu(gate(x)) * fc(x)), or ReLU^2 (Primer):
+    proj(relu(fc(x))^2)."""
 
     def __init__(self, args: ModelArgs) -> None:
         super().__init__()
@@ -136,8 +137,11 @@ class FeedForward(nn.Module):
             nn.Linear(args.dim, hidden, bias=args.bias) if args.mlp_type == "swiglu" else None
         )
         self.proj = nn.Linear(hidden, args.dim, bias=args.bias)
+        self.relu2 = args.mlp_type == "relu2"
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.relu2:
+            return self.proj(F.relu(self.fc(x)).square())
         if self.gate is None:
             # tanh approximation = GPT-2's "gelu_new", so exported weights match exactly.
             return self.proj(F.gelu(self.fc(x), approximate="tanh"))
@@ -185,6 +189,10 @@ class GPT(nn.Module):
         if args.pos_embedding == "learned":
             self.pos_embeddings = nn.Embedding(args.max_seq_len, args.dim)
         self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        # U-net skips: one learned weight per pair (block i's output -> block L-1-i's input).
+        self.skip_weights = (
+            nn.Parameter(torch.ones(args.n_layers // 2)) if args.unet_skips else None
+        )
         self.norm = build_norm(args, args.dim)
         # A tied head's own weight would be replaced at once: build it on meta, no memory.
         head_device = "meta" if args.tie_embeddings else None
@@ -221,7 +229,8 @@ class GPT(nn.Module):
         nanoGPT; the residual output projections (attn.proj, mlp.proj) use
         init_std / sqrt(2 * n_layers), GPT-2 section 2.3: "scale the weights of residual
         layers at initialization by a factor of 1/sqrt(N) where N is the number of residual
-        layers" (two per block), so the residual stream variance does not grow with depth.
+        layers" (two per block), so the residual stream variance does not grow with depth;
+        with `zero_init_proj` they start at zero instead.
         Norm weights are ones. The padded vocabulary rows are initialized too; they are never
         read as inputs, and their logits are sliced off, so they get no gradient.
 
@@ -255,11 +264,16 @@ class GPT(nn.Module):
                 if module is self.output and self.args.tie_embeddings:
                     continue  # its weight is the token embedding, initialized above
                 is_residual = name.endswith("attn.proj") or name.endswith("mlp.proj")
-                nn.init.normal_(module.weight, mean=0.0, std=residual_std if is_residual else std)
+                if is_residual and self.args.zero_init_proj:
+                    nn.init.zeros_(module.weight)  # each block starts as the identity
+                else:
+                    nn.init.normal_(module.weight, std=residual_std if is_residual else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, (nn.LayerNorm, RMSNorm)):
                 module.reset_parameters()
+        if self.skip_weights is not None:
+            nn.init.ones_(self.skip_weights)
         if self.args.qkv_layout == "per_head":  # drawn grouped above: the same model, reordered
             order = per_head_order(self.args)
             for layer in self.layers:
@@ -337,13 +351,22 @@ class GPT(nn.Module):
             rope_sin = self.rope_sin[start_pos : start_pos + T]  # (T, hs)
         else:
             rope_cos, rope_sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
+        n, half = len(self.layers), len(self.layers) // 2
+        skips: list[Tensor] = []  # U-net: the first half's outputs, used last-in first-out
         for i, layer in enumerate(self.layers):
+            if self.skip_weights is not None and i >= n - half:
+                x = x + self.skip_weights[i - (n - half)] * skips.pop()
             layer_cache = kv_cache[i] if kv_cache is not None else None
             x = layer(x, rope_cos, rope_sin, layer_cache, start_pos, attn_mask)  # (B, T, d)
+            if self.skip_weights is not None and i < half:
+                skips.append(x)
             if self.residual_ms is not None:
                 self.residual_ms.append(x.detach().float().pow(2).mean())
         x = self.norm(x)
         logits = self.output(x)  # (B, T, padded_vocab)
+        if self.args.logit_softcap > 0:
+            cap = self.args.logit_softcap
+            logits = cap * torch.tanh(logits / cap)
         if padded_vocab:
             return logits
         return logits[..., : self.args.vocab_size]  # (B, T, vocab)

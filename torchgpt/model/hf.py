@@ -34,6 +34,22 @@ def hf_family(args: ModelArgs) -> str:
         ValueError: no transformers architecture has these options.
     """
     a = args
+    if a.logit_softcap > 0:
+        raise ValueError(
+            f"model.logit_softcap = {a.logit_softcap:g}: transformers' GPT-2 / Llama / Qwen3 "
+            "models have no logit soft-cap, so an export would score differently; export a "
+            "model trained with logit_softcap = 0"
+        )
+    if a.unet_skips:
+        raise ValueError(
+            "model.unet_skips: transformers' GPT-2 / Llama / Qwen3 have no skip connections "
+            "between blocks; export a model trained with unet_skips = false"
+        )
+    if a.mlp_type == "relu2":
+        raise ValueError(
+            'model.mlp_type = "relu2": no transformers architecture among GPT-2 / Llama / '
+            "Qwen3 has a ReLU^2 MLP; export a model trained with gelu or swiglu"
+        )
     if (a.norm_type, a.pos_embedding, a.mlp_type) == ("layernorm", "learned", "gelu"):
         if a.bias and not a.qk_norm:
             return "gpt2"

@@ -14,7 +14,18 @@ from torchgpt.step.spec import TrainSpec
 
 
 def _model_args(section: Any) -> ModelArgs:
-    return get_model_args(section.flavor, qk_norm=section.qk_norm, qkv_layout=section.qkv_layout)
+    """The flavor's args with the [model] section's block options on top."""
+    options = {
+        "qk_norm": section.qk_norm,
+        "qkv_layout": section.qkv_layout,
+        "tie_embeddings": section.tie_embeddings,
+        "zero_init_proj": section.zero_init_proj,
+        "unet_skips": section.unet_skips,
+        "logit_softcap": section.logit_softcap,
+    }
+    if section.mlp_type:
+        options["mlp_type"] = section.mlp_type
+    return get_model_args(section.flavor, **options)
 
 
 SPEC = TrainSpec(
