@@ -60,8 +60,15 @@ def prepare(out: Path, max_tokens: float) -> Path:
     return data
 
 
-def run_arm(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
-    flavor, optim = ARMS[name]
+def run_arm(
+    name: str,
+    args: argparse.Namespace,
+    data: Path,
+    out: Path,
+    arm: tuple[str, list[str]] | None = None,
+) -> dict:
+    """One training run of arm `name`: (flavor, overrides), ARMS[name] unless given."""
+    flavor, optim = arm or ARMS[name]
     steps = int(args.tokens) // args.batch_tokens
     overrides = [
         f"--model.flavor={flavor}",
@@ -104,7 +111,7 @@ def run_arm(name: str, args: argparse.Namespace, data: Path, out: Path) -> dict:
     steps_recs = [r for r in records if "step_time_s" in r and r["step"] > 10]
     return {
         "flavor": flavor,
-        "optimizer": optim[1],
+        "overrides": optim,
         "steps": steps,
         "tokens": [r["tokens_seen"] for r in val],
         "wall_s": [r["time"] - start for r in val],

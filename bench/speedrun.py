@@ -1,0 +1,88 @@
+#!/usr/bin/env python
+"""Quality per token of each block option alone, and of their combination, on this CPU.
+
+  python bench/speedrun.py                                  # every arm, --tokens each
+  python bench/speedrun.py --arms base,relu2 --tokens 5e5   # a subset
+
+The baseline is modern + Muon (bench/muon.py's winner). Each other arm changes one thing on
+top of it (a [model] block option, document-aligned windows, the warmup-stable-decay
+schedule); `speedrun` combines the options chosen for the speedrun recipe. Every arm runs
+`python -m torchgpt.train train_configs/debug_model.toml` on the same openstax shards (held-out
+validation tokens from whole documents the training split never sees), the same token budget,
+global batch, seed and warmup; bench/muon.py's run_arm does the run. Prints per arm the final
+validation loss, the tokens at which it first reaches the baseline's final loss (the share of
+the budget) and the median step time against the baseline's; writes OUT/speedrun.json and
+OUT/speedrun.png. Never asserts: the figures and their caveats go to BENCHMARK.md / WRITEUP.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import muon  # noqa: E402  (bench/muon.py: prepare, run_arm, plot, tokens_to_reach)
+
+FLAVOR = "modern-d384-l6"
+BASE = ["--optimizer.name", "muon"]
+# One change each on top of modern + Muon.
+OPTIONS = {
+    "relu2": ["--model.mlp_type", "relu2"],
+    "softcap30": ["--model.logit_softcap", "30"],
+    "untied": ["--model.tie_embeddings", "false"],
+    "zero-init": ["--model.zero_init_proj", "true"],
+    "unet": ["--model.unet_skips", "true"],
+    "qk-norm": ["--model.qk_norm", "true"],
+    "align-bos": ["--data.align", "bos"],
+    "wsd": ["--lr_scheduler.decay_type", "wsd", "--lr_scheduler.decay_fraction", "0.2"],
+}
+# The speedrun combination; chosen from the single-option table (BENCHMARK.md), not assumed.
+SPEEDRUN = ["relu2", "softcap30", "zero-init", "unet", "qk-norm", "wsd"]
+ARMS = {"base": (FLAVOR, BASE)}
+ARMS.update({name: (FLAVOR, BASE + extra) for name, extra in OPTIONS.items()})
+ARMS["speedrun"] = (FLAVOR, BASE + [x for name in SPEEDRUN for x in OPTIONS[name]])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=float, default=1.5e6, help="training tokens per arm")
+    p.add_argument("--batch-tokens", type=int, default=16384)
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--micro-batch", type=int, default=16)
+    p.add_argument("--val-interval", type=int, default=6)
+    p.add_argument("--val-tokens", type=int, default=32768)
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--adamw-lr", type=float, default=3e-3, help="as bench/muon.py")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--out", type=Path, default=muon.REPO / "outputs" / "bench_speedrun")
+    args, args.overrides = p.parse_known_args(argv)
+    names = args.arms.split(",")
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        p.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = muon.prepare(args.out, 4e6)
+    results = {n: muon.run_arm(n, args, data, args.out, arm=ARMS[n]) for n in names}
+    (args.out / "speedrun.json").write_text(json.dumps(results, indent=2) + "\n")
+    muon.plot(results, args.out / "speedrun.png")
+    base = results.get("base")
+    target = base["val_loss"][-1] if base else None
+    print(
+        f"\n{'arm':<10} {'final val':>9} {'tokens to base final':>22} {'step s':>7} {'vs base':>7}"
+    )
+    for name, r in results.items():
+        reach = muon.tokens_to_reach(r, target) if target is not None else None
+        share = f"{reach:,} ({reach / r['tokens'][-1]:.0%})" if reach else "not reached"
+        ratio = f"{r['step_time_s'] / base['step_time_s']:.3f}" if base else "-"
+        print(
+            f"{name:<10} {r['val_loss'][-1]:>9.4f} {share:>22} {r['step_time_s']:>7.3f} {ratio:>7}"
+        )
+    print(f"-> {args.out / 'speedrun.json'}, {args.out / 'speedrun.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
