@@ -9,7 +9,7 @@ import torch
 
 from torchgpt.model import GPT
 from torchgpt.model.args import get_model_args
-from torchgpt.model.gpt import per_head_order
+from torchgpt.model.attention import per_head_order
 from torchgpt.model.hf import to_hf_state_dict
 
 

@@ -169,7 +169,7 @@ def grouped_state_dict(state: dict[str, Tensor], args: Any) -> dict[str, Tensor]
     model is grouped already)."""
     if args.qkv_layout != "per_head":
         return state
-    from torchgpt.model.gpt import per_head_order
+    from torchgpt.model.attention import per_head_order
 
     back = torch.argsort(per_head_order(args))
     return {k: v[back] if ".attn.qkv." in k else v for k, v in state.items()}

@@ -1,0 +1,112 @@
+"""Causal multi-head self-attention with a fused qkv projection (optionally per-head q/k
+RMSNorm and rotary positions), the RMSNorm it shares with the blocks, and the masks of
+incremental and left-padded batched decoding."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from torchgpt.model.args import ModelArgs
+from torchgpt.model.kv_cache import LayerKVCache
+from torchgpt.model.rope import apply_rope
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm (Zhang & Sennrich 2019): statistics in fp32, output in the input's dtype."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        # Same order of operations as Hugging Face's LlamaRMSNorm, for exact export parity.
+        return self.weight.type_as(x) * xf.type_as(x)
+
+
+def per_head_order(args: ModelArgs) -> Tensor:
+    """Row indices that turn a grouped fused-qkv weight (or bias) into the per_head layout;
+    its inverse (argsort) turns per_head back into grouped."""
+    nh, hs = args.n_heads, args.head_dim
+    # grouped row (part, head, i) sits at part * d + head * hs + i; per_head puts it at
+    # head * 3 * hs + part * hs + i.
+    return torch.arange(3 * args.dim).view(3, nh, hs).transpose(0, 1).reshape(-1)
+
+
+class Attention(nn.Module):
+    """Causal multi-head self-attention with a fused qkv projection."""
+
+    def __init__(self, args: ModelArgs) -> None:
+        super().__init__()
+        self.n_heads = args.n_heads  # of the whole model; a tensor-parallel shard holds fewer
+        self.head_dim = args.head_dim
+        self.per_head = args.qkv_layout == "per_head"
+        self.qkv = nn.Linear(args.dim, 3 * args.dim, bias=args.bias)
+        self.proj = nn.Linear(args.dim, args.dim, bias=args.bias)
+        self.q_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+        self.k_norm = RMSNorm(args.head_dim, args.norm_eps) if args.qk_norm else None
+
+    def forward(
+        self,
+        x: Tensor,
+        rope_cos: Tensor | None = None,
+        rope_sin: Tensor | None = None,
+        kv_cache: LayerKVCache | None = None,
+        start_pos: int = 0,
+        attn_mask: Tensor | None = None,
+    ) -> Tensor:
+        B, T, _ = x.size()  # batch, sequence length, embedding dim (d)
+        qkv = self.qkv(x)  # (B, T, 3 * nh * hs); nh: the heads held here (all, or a TP shard's)
+        hs = self.head_dim
+        if self.per_head:  # rows [q, k, v] per head: a column shard holds whole heads
+            q, k, v = qkv.view(B, T, -1, 3, hs).unbind(3)  # 3 x (B, T, nh, hs)
+        else:
+            q, k, v = (t.view(B, T, -1, hs) for t in qkv.chunk(3, dim=2))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope_cos is not None:
+            q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        if kv_cache is not None:
+            k, v = kv_cache.update(k, v, start_pos)  # (B, nh, start_pos + T, hs)
+        if attn_mask is None:
+            y = _causal_attention(q, k, v)  # (B, nh, T, hs)
+        else:  # left-padded batch (see GPT.forward's `pad`): the mask holds causality too
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, -1)  # re-assemble heads: (B, T, nh * hs)
+        return self.proj(y)
+
+
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """SDPA where query i (the last T_q of T_k positions) sees keys 0 .. T_k - T_q + i."""
+    t_q, t_k = q.size(2), k.size(2)
+    if t_q == t_k:  # training and cache prefill
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if t_q == 1:  # one-token decoding step: every cached key is in the past
+        return F.scaled_dot_product_attention(q, k, v)
+    # Several new tokens after a cached prefix: is_causal would align the mask top-left.
+    mask = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device).tril(diagonal=t_k - t_q)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def _left_padded_positions(pad: Tensor, start_pos: int, t: int) -> tuple[Tensor, Tensor]:
+    """Positions (B, T) and attention mask (B, 1, T, start_pos + T) of a left-padded batch.
+
+    Query i (absolute position start_pos + i) sees keys j <= start_pos + i that are not
+    padding; a padding query sees itself only, so no row of the softmax is empty.
+    """
+    q_abs = torch.arange(start_pos, start_pos + t, device=pad.device)  # (T,)
+    k_abs = torch.arange(start_pos + t, device=pad.device)  # (T_k,)
+    pos = (q_abs[None] - pad[:, None]).clamp(min=0)  # (B, T)
+    causal = k_abs[None, :] <= q_abs[:, None]  # (T, T_k)
+    real = k_abs[None, None, :] >= pad[:, None, None]  # (B, 1, T_k)
+    itself = k_abs[None, :] == q_abs[:, None]  # (T, T_k)
+    return pos, ((causal[None] & real) | itself[None])[:, None]
