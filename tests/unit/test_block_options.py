@@ -115,12 +115,45 @@ def test_unet_skips_add_the_mirror_blocks_outputs():
     assert model.num_params() == num_params(model.args, padded_vocab=True)
 
 
+def test_value_embeddings_mix_a_token_table_into_the_values(monkeypatch):
+    """Table j feeds blocks j and n - k + j: SDPA gets l0 * v + l1 * table_j[tokens] (by heads)
+    there and the plain v elsewhere; with l0 = 1, l1 = 0 the model is the plain one."""
+    from torchgpt.model import attention
+
+    args = dataclasses.replace(get_model_args("debug"), n_layers=4)
+    torch.manual_seed(0)
+    model = GPT(dataclasses.replace(args, value_embeds=1)).eval()
+    model.init_weights(seed=0)
+    assert [b.attn.ve_lambda is not None for b in model.layers] == [True, False, False, True]
+    seen = []
+
+    def spy(q, k, v):
+        seen.append(v)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    monkeypatch.setattr(attention, "_causal_attention", spy)
+    tokens = torch.randint(0, 50257, (2, 8))
+    with torch.no_grad():
+        model.layers[0].attn.ve_lambda.copy_(torch.tensor([1.0, 0.0]))
+        model.layers[3].attn.ve_lambda.copy_(torch.tensor([0.25, 3.0]))
+        model(tokens)
+        mixed = seen[3]
+        table = model.value_embeddings[0](tokens).view(2, 8, 4, 32).transpose(1, 2)
+        model.layers[3].attn.ve_lambda.copy_(torch.tensor([1.0, 0.0]))  # block 3's own v
+        plain = GPT(args).eval()
+        plain.load_state_dict(model.state_dict(), strict=False)
+        torch.testing.assert_close(model(tokens), plain(tokens))
+    torch.testing.assert_close(mixed, 0.25 * seen[-1] + 3.0 * table)
+    assert model.num_params() == num_params(model.args, padded_vocab=True)
+
+
 @pytest.mark.parametrize(
     "options,key",
     [
         ({"logit_softcap": 30.0}, "model.logit_softcap = 30"),
         ({"mlp_type": "relu2"}, "relu2"),
         ({"unet_skips": True}, "model.unet_skips"),
+        ({"value_embeds": 1}, "model.value_embeds = 1"),
     ],
 )
 def test_the_export_refuses_what_transformers_cannot_run(options, key):
@@ -141,6 +174,9 @@ def test_the_export_refuses_what_transformers_cannot_run(options, key):
         (["--model.mlp_type=relu2", "--parallelism.tp=2"], 2),
         (["--model.unet_skips=true"], 1),
         (["--model.unet_skips=true", "--model.flavor=debug-modern"], 2),  # FSDP2, bf16 params
+        (["--model.value_embeds=1"], 1),
+        (["--model.value_embeds=1", "--activation_checkpoint.mode=selective"], 2),
+        (["--model.value_embeds=1", "--model.flavor=debug-modern"], 1),
     ],
 )
 def test_the_estimator_counts_each_option_as_the_trace_sees_it(overrides, nproc):

@@ -20,7 +20,8 @@ TP += ["--activation_checkpoint.mode", "selective"]
         (["--compile.enable", "true", "--compile.whole_model", "true"], "per-block compile is"),
         (["--model.flavor", "gpt2-1558m"], r"divide the model's attention heads \(n_heads=25\)"),
         (["--parallelism.tp_async", "true"], "tp_async works through torch.compile"),
-        (["--model.unet_skips", "true"], "the skip weights are not in the tensor-parallel plan"),
+        (["--model.unet_skips", "true"], "model.unet_skips with parallelism.tp > 1"),
+        (["--model.value_embeds", "1"], "model.value_embeds with parallelism.tp > 1"),
         (["--model.tie_embeddings", "false"], "the token table's gradient comes out whole"),
     ],
 )

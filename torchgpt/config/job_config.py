@@ -54,6 +54,9 @@ class Model:
     zero_init_proj: bool = False
     """Zero-initialise each block's output projections (attn.proj, mlp.proj): blocks start as
     the identity."""
+    value_embeds: int = 0
+    """Value embeddings: k token tables mixed into the values of the first and the last k
+    blocks (modded-nanogpt: 3); 0 = off; not with parallelism.tp > 1."""
     unet_skips: bool = False
     """U-net skips: each of the last n_layers // 2 blocks adds a learned multiple of its
     mirror block's output (modded-nanogpt); not with parallelism.tp > 1."""

@@ -35,11 +35,12 @@ def tp_problems(cfg: JobConfig) -> list[str]:
             "comes out whole on every tp rank (DTensor's embedding backward), not its shard; "
             "untested: keep the embeddings tied or use tp = 1"
         )
-    if cfg.model.unet_skips:
-        p.append(
-            "model.unet_skips with parallelism.tp > 1: the skip weights are not in the "
-            "tensor-parallel plan; use tp = 1 (FSDP2 / HSDP) or unet_skips = false"
-        )
+    for key, on in (("unet_skips", cfg.model.unet_skips), ("value_embeds", cfg.model.value_embeds)):
+        if on:
+            p.append(
+                f"model.{key} with parallelism.tp > 1: its weights are not in the "
+                f"tensor-parallel plan; use tp = 1 (FSDP2 / HSDP) or turn model.{key} off"
+            )
     args = FLAVORS.get(cfg.model.flavor)
     if args is not None and cfg.model.mlp_type:  # the block option changes the MLP width
         args = dataclasses.replace(args, mlp_type=cfg.model.mlp_type)

@@ -76,6 +76,13 @@ def _blocks_saved(plan: TrainingPlan, b: ElementBytes) -> tuple[int, int]:
     args, n, tp = plan.args, plan.args.n_layers, plan.tp
     full = plan.cost.saved_bytes_per_token(args, b, tp)
     skips = plan.cost.skip_saved_bytes_per_token(args, b, plan.ac_mode)
+    if args.value_embeds:
+        every = 1 if plan.ac_selective_option == "op" else int(plan.ac_selective_option)
+        ckpt = [
+            plan.ac_mode == "full" or (plan.ac_mode == "selective" and i % every == 0)
+            for i in range(n)
+        ]
+        skips += plan.cost.value_embed_saved_bytes_per_token(args, b, ckpt)
     block_input = b.residual * args.dim / tp  # a sequence shard under tp
     if plan.ac_mode == "none":
         return n * full + skips, 0

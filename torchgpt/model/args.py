@@ -60,6 +60,10 @@ class ModelArgs:
     zero_init_proj: bool = False
     """Initialize the residual output projections (attn.proj, mlp.proj) to zero, so every
     block starts as the identity (modded-nanogpt) instead of GPT-2's scaled normal init."""
+    value_embeds: int = 0
+    """Value embeddings (modded-nanogpt): k extra token tables; table j is mixed into the
+    values of block j and of block n_layers - k + j (v = l0 * v + l1 * table_j[token], learned
+    l0, l1 per block, init 0.5); 0 = off. Needs 2k <= n_layers."""
     unet_skips: bool = False
     """U-net skips (modded-nanogpt): the input of each of the last n_layers // 2 blocks gets
     w_i times the output of its mirror among the first n_layers // 2 (learned w_i, init 1)."""
@@ -123,6 +127,11 @@ class ModelArgs:
         ):
             problems.append(
                 f"ffn_hidden_dim={self.ffn_hidden_dim!r} must be a positive int or None"
+            )
+        if not (isinstance(self.value_embeds, int) and 0 <= 2 * self.value_embeds <= self.n_layers):
+            problems.append(
+                f"value_embeds={self.value_embeds!r} must be an int with 0 <= 2 x value_embeds "
+                f"<= n_layers={self.n_layers} (the first and the last k blocks get one each)"
             )
         if not self.logit_softcap >= 0:
             problems.append(f"logit_softcap={self.logit_softcap!r} must be >= 0 (0 = off)")
@@ -212,6 +221,9 @@ def num_params(args: ModelArgs, *, embeddings: bool = True, padded_vocab: bool =
     vocab = args.padded_vocab_size if padded_vocab else args.vocab_size
     total = args.n_layers * _block_params(args) + _norm_params(args, args.dim)
     total += args.n_layers // 2 if args.unet_skips else 0  # one skip weight per pair
+    total += 4 * args.value_embeds  # the two mixing weights of each block with a table
+    if embeddings:
+        total += args.value_embeds * vocab * args.dim
     if embeddings:
         total += vocab * args.dim
         if args.pos_embedding == "learned":

@@ -44,8 +44,10 @@ def per_head_order(args: ModelArgs) -> Tensor:
 class Attention(nn.Module):
     """Causal multi-head self-attention with a fused qkv projection."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, value_embed: bool = False) -> None:
         super().__init__()
+        # v = l0 * v + l1 * value embedding, for the blocks given one (args.value_embeds)
+        self.ve_lambda = nn.Parameter(torch.full((2,), 0.5)) if value_embed else None
         self.n_heads = args.n_heads  # of the whole model; a tensor-parallel shard holds fewer
         self.head_dim = args.head_dim
         self.per_head = args.qkv_layout == "per_head"
@@ -62,6 +64,7 @@ class Attention(nn.Module):
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
         attn_mask: Tensor | None = None,
+        ve: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.size()  # batch, sequence length, embedding dim (d)
         qkv = self.qkv(x)  # (B, T, 3 * nh * hs); nh: the heads held here (all, or a TP shard's)
@@ -71,6 +74,8 @@ class Attention(nn.Module):
         else:
             q, k, v = (t.view(B, T, -1, hs) for t in qkv.chunk(3, dim=2))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, nh, T, hs)
+        if ve is not None:  # this block's value embedding, (B, T, d) -> (B, nh, T, hs)
+            v = self.ve_lambda[0] * v + self.ve_lambda[1] * ve.view(B, T, -1, hs).transpose(1, 2)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if rope_cos is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "saved_bytes_per_token",
     "selective_saved_bytes_per_token",
     "skip_saved_bytes_per_token",
+    "value_embed_saved_bytes_per_token",
 ]
 
 
@@ -88,6 +89,19 @@ def skip_saved_bytes_per_token(args: ModelArgs, b: ElementBytes, ac_mode: str) -
     if ac_mode == "full":
         return 0  # the checkpoint saves each block's input itself
     return args.n_layers // 2 * b.residual * args.dim
+
+
+def value_embed_saved_bytes_per_token(
+    args: ModelArgs, b: ElementBytes, checkpointed: list[bool]
+) -> float:
+    """Bytes per token the value embeddings (args.value_embeds = k) add to the blocks' saves:
+    each table's lookup (the residual dtype, kept by the mixing multiply or the checkpoint of
+    the blocks it feeds) and, in every block with a table that is not checkpointed
+    (`checkpointed[i]`), the mixed values SDPA saves in the compute dtype (a new tensor where
+    it saved a view of the qkv output)."""
+    n, k = args.n_layers, args.value_embeds
+    mixed = sum(1 for i in range(n) if (i < k or i >= n - k) and not checkpointed[i])
+    return k * b.residual * args.dim + mixed * b.compute * args.dim
 
 
 def selective_saved_bytes_per_token(args: ModelArgs, b: ElementBytes, tp: int = 1) -> float:

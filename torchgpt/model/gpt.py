@@ -55,10 +55,10 @@ class FeedForward(nn.Module):
 class Block(nn.Module):
     """Pre-norm transformer block (GPT-2 section 2.3): x + attn(norm(x)), x + mlp(norm(x))."""
 
-    def __init__(self, args: ModelArgs) -> None:
+    def __init__(self, args: ModelArgs, value_embed: bool = False) -> None:
         super().__init__()
         self.attn_norm = build_norm(args, args.dim)
-        self.attn = Attention(args)
+        self.attn = Attention(args, value_embed)
         self.mlp_norm = build_norm(args, args.dim)
         self.mlp = FeedForward(args)
 
@@ -70,8 +70,10 @@ class Block(nn.Module):
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
         attn_mask: Tensor | None = None,
+        ve: Tensor | None = None,
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope_cos, rope_sin, kv_cache, start_pos, attn_mask)
+        h = self.attn_norm(x)
+        x = x + self.attn(h, rope_cos, rope_sin, kv_cache, start_pos, attn_mask, ve)
         x = x + self.mlp(self.mlp_norm(x))
         return x
 
@@ -92,7 +94,12 @@ class GPT(nn.Module):
         self.pos_embeddings = None
         if args.pos_embedding == "learned":
             self.pos_embeddings = nn.Embedding(args.max_seq_len, args.dim)
-        self.layers = nn.ModuleList(Block(args) for _ in range(args.n_layers))
+        n, k = args.n_layers, args.value_embeds
+        self.layers = nn.ModuleList(Block(args, i < k or i >= n - k) for i in range(n))
+        # Value embeddings: table j feeds block j and block n - k + j.
+        self.value_embeddings = (
+            nn.ModuleList(nn.Embedding(vocab, args.dim) for _ in range(k)) if k else None
+        )
         # U-net skips: one learned weight per pair (block i's output -> block L-1-i's input).
         self.skip_weights = (
             nn.Parameter(torch.ones(args.n_layers // 2)) if args.unet_skips else None
@@ -178,6 +185,9 @@ class GPT(nn.Module):
                 module.reset_parameters()
         if self.skip_weights is not None:
             nn.init.ones_(self.skip_weights)
+        for layer in self.layers:
+            if layer.attn.ve_lambda is not None:
+                nn.init.constant_(layer.attn.ve_lambda, 0.5)
         if self.args.qkv_layout == "per_head":  # drawn grouped above: the same model, reordered
             order = per_head_order(self.args)
             for layer in self.layers:
@@ -195,6 +205,8 @@ class GPT(nn.Module):
             total -= self.tok_embeddings.weight.numel()
             if self.pos_embeddings is not None:
                 total -= self.pos_embeddings.weight.numel()
+            for table in self.value_embeddings or []:
+                total -= table.weight.numel()
             # An untied lm-head is a matmul, not a lookup: it stays in the count.
         return total
 
@@ -257,11 +269,14 @@ class GPT(nn.Module):
             rope_cos, rope_sin = self.rope_cos[pos][:, None], self.rope_sin[pos][:, None]
         n, half = len(self.layers), len(self.layers) // 2
         skips: list[Tensor] = []  # U-net: the first half's outputs, used last-in first-out
+        ves = [e(tokens) for e in self.value_embeddings] if self.value_embeddings else []
+        k = len(ves)
         for i, layer in enumerate(self.layers):
             if self.skip_weights is not None and i >= n - half:
                 x = x + self.skip_weights[i - (n - half)] * skips.pop()
             layer_cache = kv_cache[i] if kv_cache is not None else None
-            x = layer(x, rope_cos, rope_sin, layer_cache, start_pos, attn_mask)  # (B, T, d)
+            ve = ves[i] if i < k else ves[i - (n - k)] if i >= n - k and k else None
+            x = layer(x, rope_cos, rope_sin, layer_cache, start_pos, attn_mask, ve)  # (B, T, d)
             if self.skip_weights is not None and i < half:
                 skips.append(x)
             if self.residual_ms is not None:

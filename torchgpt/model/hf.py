@@ -40,6 +40,11 @@ def hf_family(args: ModelArgs) -> str:
             "models have no logit soft-cap, so an export would score differently; export a "
             "model trained with logit_softcap = 0"
         )
+    if a.value_embeds:
+        raise ValueError(
+            f"model.value_embeds = {a.value_embeds}: transformers' GPT-2 / Llama / Qwen3 have "
+            "no value embeddings; export a model trained with value_embeds = 0"
+        )
     if a.unet_skips:
         raise ValueError(
             "model.unet_skips: transformers' GPT-2 / Llama / Qwen3 have no skip connections "

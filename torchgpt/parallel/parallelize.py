@@ -125,9 +125,9 @@ def apply_tp(
     for block in model.layers:
         plan = {
             "attn_norm": SequenceParallel(),
-            "attn": PrepareModuleInput(
-                input_layouts=(seq, None, None, None, None, None),
-                desired_input_layouts=(Replicate(), None, None, None, None, None),
+            "attn": PrepareModuleInput(  # (x, rope cos, sin, cache, start, mask, ve)
+                input_layouts=(seq, *[None] * 6),
+                desired_input_layouts=(Replicate(), *[None] * 6),
             ),
             "attn.qkv": ColwiseParallel(),
             "attn.proj": RowwiseParallel(output_layouts=seq),

@@ -21,6 +21,7 @@ def _model_args(section: Any) -> ModelArgs:
         "tie_embeddings": section.tie_embeddings,
         "zero_init_proj": section.zero_init_proj,
         "unet_skips": section.unet_skips,
+        "value_embeds": section.value_embeds,
         "logit_softcap": section.logit_softcap,
     }
     if section.mlp_type:
