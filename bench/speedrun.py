@@ -35,6 +35,7 @@ OPTIONS = {
     "untied": ["--model.tie_embeddings", "false"],
     "zero-init": ["--model.zero_init_proj", "true"],
     "unet": ["--model.unet_skips", "true"],
+    "value-embeds": ["--model.value_embeds", "2"],  # 6 layers: blocks 0, 1, 4, 5
     "qk-norm": ["--model.qk_norm", "true"],
     "align-bos": ["--data.align", "bos"],
     "wsd": ["--lr_scheduler.decay_type", "wsd", "--lr_scheduler.decay_fraction", "0.2"],
