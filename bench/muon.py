@@ -148,15 +148,22 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_arguments(
+    p: argparse.ArgumentParser, *, batch_tokens: int, val_interval: int, val_tokens: int
+) -> None:
+    """The arguments run_arm reads (bench/speedrun.py shares them, with its own defaults)."""
     p.add_argument("--tokens", type=float, default=1.5e6, help="training tokens per arm")
-    p.add_argument("--batch-tokens", type=int, default=8192)
+    p.add_argument("--batch-tokens", type=int, default=batch_tokens)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--val-interval", type=int, default=15)
-    p.add_argument("--val-tokens", type=int, default=65536)
+    p.add_argument("--val-interval", type=int, default=val_interval)
+    p.add_argument("--val-tokens", type=int, default=val_tokens)
     p.add_argument("--seed", type=int, default=1337)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(p, batch_tokens=8192, val_interval=15, val_tokens=65536)
     p.add_argument(
         "--adamw-lr",
         type=float,

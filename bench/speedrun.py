@@ -49,13 +49,7 @@ ARMS["speedrun"] = (FLAVOR, BASE + [x for name in SPEEDRUN for x in OPTIONS[name
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tokens", type=float, default=1.5e6, help="training tokens per arm")
-    p.add_argument("--batch-tokens", type=int, default=16384)
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--micro-batch", type=int, default=16)
-    p.add_argument("--val-interval", type=int, default=6)
-    p.add_argument("--val-tokens", type=int, default=32768)
-    p.add_argument("--seed", type=int, default=1337)
+    muon.add_run_arguments(p, batch_tokens=16384, val_interval=6, val_tokens=32768)
     p.add_argument("--adamw-lr", type=float, default=3e-3, help="as bench/muon.py")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--out", type=Path, default=muon.REPO / "outputs" / "bench_speedrun")

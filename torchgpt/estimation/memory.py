@@ -75,25 +75,25 @@ def _blocks_saved(plan: TrainingPlan, b: ElementBytes) -> tuple[int, int]:
     """(bytes per token saved by all blocks, extra bytes per token to recompute one block)."""
     args, n, tp = plan.args, plan.args.n_layers, plan.tp
     full = plan.cost.saved_bytes_per_token(args, b, tp)
-    skips = plan.cost.skip_saved_bytes_per_token(args, b, plan.ac_mode)
+    extra = plan.cost.skip_saved_bytes_per_token(args, b, plan.ac_mode)  # whole-model saves
     if args.value_embeds:
         every = 1 if plan.ac_selective_option == "op" else int(plan.ac_selective_option)
         ckpt = [
             plan.ac_mode == "full" or (plan.ac_mode == "selective" and i % every == 0)
             for i in range(n)
         ]
-        skips += plan.cost.value_embed_saved_bytes_per_token(args, b, ckpt)
+        extra += plan.cost.value_embed_saved_bytes_per_token(args, b, ckpt)
     block_input = b.residual * args.dim / tp  # a sequence shard under tp
     if plan.ac_mode == "none":
-        return n * full + skips, 0
+        return n * full + extra, 0
     if plan.ac_mode == "full":
-        return n * block_input + skips, full
+        return n * block_input + extra, full
     if plan.ac_selective_option == "op":
         sel = plan.cost.selective_saved_bytes_per_token(args, b, tp)
-        return n * sel + skips, full - sel
+        return n * sel + extra, full - sel
     every = int(plan.ac_selective_option)
     n_ckpt = math.ceil(n / every)  # blocks 0, N, 2N, ... are wrapped
-    return n_ckpt * block_input + (n - n_ckpt) * full + skips, full
+    return n_ckpt * block_input + (n - n_ckpt) * full + extra, full
 
 
 def _resident(plan: TrainingPlan) -> list[MemoryItem]:
