@@ -27,6 +27,9 @@ MODELS = {  # the model keys of each reference run
     "debug": ["--model.flavor", "debug"],
     "debug-modern": ["--model.flavor", "debug-modern"],
     "debug-modern-qk": ["--model.flavor", "debug-modern", "--model.qk_norm", "true"],
+    # document-aligned windows, no attention across documents
+    "debug-modern-doc": ["--model.flavor", "debug-modern", "--model.attn_mask", "block_causal"]
+    + ["--data.align", "bos"],
 }
 
 
@@ -81,6 +84,7 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
         (2, "debug-modern", ["--parallelism.tp", "2", "--compile.enable", "true"]),
         (2, "debug-modern-qk", ["--parallelism.tp", "2"]),  # qk-norm on head shards
         (2, "debug-modern-qk", ["--parallelism.tp", "2", "--compile.enable", "true"]),
+        (2, "debug-modern-doc", ["--parallelism.tp", "2", "--compile.enable", "true"]),
         (4, "debug", ["--parallelism.tp", "2", "--parallelism.dp_shard", "2"]),
         # the 3-D mesh: replicate 2 x shard 2 x tp 2 on 8 processes
         (
@@ -115,6 +119,7 @@ def _first_layer_stats(run_dir: Path) -> dict[str, float]:
         "tp2-modern-compiled",
         "tp2-modern-qknorm",
         "tp2-modern-qknorm-compiled",
+        "tp2-modern-block-causal-compiled",
         "fsdp2xtp2",
         "hsdp2x2xtp2",
         "tp2-selective-ac",

@@ -62,6 +62,12 @@ class Model:
     mirror block's output (modded-nanogpt); not with parallelism.tp > 1."""
     logit_softcap: float = 0.0
     """> 0 bounds the logits to (-c, c) with c * tanh(logits / c) (modded-nanogpt: 30)."""
+    attn_mask: Literal["causal", "block_causal"] = "causal"
+    """block_causal: no attention across documents (each starts at its <|endoftext|>; pairs
+    with data.align = bos); costs a (B, 1, T, T) bool mask per forward under sdpa."""
+    attn_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    """block_causal's kernel: auto = FlexAttention on CUDA, an SDPA mask elsewhere; flex needs
+    CUDA (torch has no CPU backward for it)."""
     qkv_layout: Literal["grouped", "per_head"] = "grouped"
     """Row order of the fused qkv weight: grouped (GPT-2's [q | k | v]) or per_head ([q k v]
     of each head), which tensor parallelism (parallelism.tp > 1) needs; the same model either

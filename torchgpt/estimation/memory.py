@@ -75,14 +75,14 @@ def _blocks_saved(plan: TrainingPlan, b: ElementBytes) -> tuple[int, int]:
     """(bytes per token saved by all blocks, extra bytes per token to recompute one block)."""
     args, n, tp = plan.args, plan.args.n_layers, plan.tp
     full = plan.cost.saved_bytes_per_token(args, b, tp)
+    every = 1 if plan.ac_selective_option == "op" else int(plan.ac_selective_option)
+    ckpt = [  # is block i checkpointed (its inner saves recomputed)?
+        plan.ac_mode == "full" or (plan.ac_mode == "selective" and i % every == 0) for i in range(n)
+    ]
     extra = plan.cost.skip_saved_bytes_per_token(args, b, plan.ac_mode)  # whole-model saves
     if args.value_embeds:
-        every = 1 if plan.ac_selective_option == "op" else int(plan.ac_selective_option)
-        ckpt = [
-            plan.ac_mode == "full" or (plan.ac_mode == "selective" and i % every == 0)
-            for i in range(n)
-        ]
         extra += plan.cost.value_embed_saved_bytes_per_token(args, b, ckpt)
+    extra += plan.cost.doc_mask_saved_bytes_per_token(args, b, plan.seq_len, ckpt)
     block_input = b.residual * args.dim / tp  # a sequence shard under tp
     if plan.ac_mode == "none":
         return n * full + extra, 0

@@ -12,6 +12,8 @@ from typing import Literal
 _NORM_TYPES = ("layernorm", "rmsnorm")
 _POS_EMBEDDINGS = ("learned", "rope")
 _MLP_TYPES = ("gelu", "swiglu", "relu2")
+_ATTN_MASKS = ("causal", "block_causal")
+_ATTN_BACKENDS = ("auto", "sdpa", "flex")
 
 
 @dataclass
@@ -70,6 +72,17 @@ class ModelArgs:
     logit_softcap: float = 0.0
     """> 0: logits = c * tanh(logits / c) (Gemma 2, modded-nanogpt's 30), bounding them to
     (-c, c); 0 leaves them as they are."""
+    attn_mask: Literal["causal", "block_causal"] = "causal"
+    """causal: a token attends to every earlier one of its window; block_causal: only to the
+    earlier ones of its own document, a document starting at each `eos_id` token (torchgpt's
+    shards put one before every document), so packed documents never see each other. Applies to
+    whole-window forwards (training, validation, scoring); decoding with a KV cache is causal."""
+    eos_id: int = 50256
+    """The document separator block_causal cuts at (GPT-2's <|endoftext|>)."""
+    attn_backend: Literal["auto", "sdpa", "flex"] = "auto"
+    """How block_causal is computed: flex = FlexAttention with a block-sparse mask (torch has no
+    CPU backward for it); sdpa = scaled_dot_product_attention with a dense (B, 1, T, T) bool
+    mask (any device; on CUDA it rules out the flash kernel); auto = flex on CUDA, else sdpa."""
 
     @property
     def padded_vocab_size(self) -> int:
@@ -135,6 +148,10 @@ class ModelArgs:
             )
         if not self.logit_softcap >= 0:
             problems.append(f"logit_softcap={self.logit_softcap!r} must be >= 0 (0 = off)")
+        if self.attn_mask not in _ATTN_MASKS:
+            problems.append(f"attn_mask={self.attn_mask!r} must be one of {_ATTN_MASKS}")
+        if self.attn_backend not in _ATTN_BACKENDS:
+            problems.append(f"attn_backend={self.attn_backend!r} must be one of {_ATTN_BACKENDS}")
         for name in ("norm_eps", "rope_theta", "init_std"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name}={getattr(self, name)!r} must be > 0")

@@ -1,8 +1,11 @@
 """Causal multi-head self-attention with a fused qkv projection (optionally per-head q/k
-RMSNorm and rotary positions), the RMSNorm it shares with the blocks, and the masks of
-incremental and left-padded batched decoding."""
+RMSNorm and rotary positions), the RMSNorm it shares with the blocks, the document mask of
+block_causal attention, and the masks of incremental and left-padded batched decoding."""
 
 from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -12,6 +15,9 @@ from torch import Tensor
 from torchgpt.model.args import ModelArgs
 from torchgpt.model.kv_cache import LayerKVCache
 from torchgpt.model.rope import apply_rope
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 class RMSNorm(nn.Module):
@@ -63,7 +69,7 @@ class Attention(nn.Module):
         rope_sin: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | BlockMask | None = None,
         ve: Tensor | None = None,
     ) -> Tensor:
         B, T, _ = x.size()  # batch, sequence length, embedding dim (d)
@@ -84,8 +90,10 @@ class Attention(nn.Module):
             k, v = kv_cache.update(k, v, start_pos)  # (B, nh, start_pos + T, hs)
         if attn_mask is None:
             y = _causal_attention(q, k, v)  # (B, nh, T, hs)
-        else:  # left-padded batch (see GPT.forward's `pad`): the mask holds causality too
+        elif isinstance(attn_mask, Tensor):  # left padding or documents: it holds causality too
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        else:  # a FlexAttention BlockMask (document_mask with backend flex)
+            y = _compiled_flex()(q, k, v, block_mask=attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, -1)  # re-assemble heads: (B, T, nh * hs)
         return self.proj(y)
 
@@ -100,6 +108,39 @@ def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     # Several new tokens after a cached prefix: is_causal would align the mask top-left.
     mask = torch.ones(t_q, t_k, dtype=torch.bool, device=q.device).tril(diagonal=t_k - t_q)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def document_mask(tokens: Tensor, eos_id: int, backend: str) -> Any:
+    """The block_causal mask of a (B, T) batch: query i sees key j <= i of its own document,
+    a document starting at each `eos_id` token (tokens before the first belong to the one the
+    window opened in).
+
+    backend "sdpa": a (B, 1, T, T) bool tensor for scaled_dot_product_attention (any device,
+    B * T * T bytes); "flex": a FlexAttention BlockMask (block-sparse: fully masked tiles are
+    skipped); "auto": flex on CUDA, sdpa elsewhere. torch has no FlexAttention backward on CPU,
+    so "flex" there is for forwards only.
+    """
+    doc = (tokens == eos_id).cumsum(1)  # (B, T): document index of each position
+    if backend == "auto":
+        backend = "flex" if tokens.device.type == "cuda" else "sdpa"
+    B, T = tokens.shape
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import create_block_mask
+
+        def same_document(b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+            return (q >= k) & (doc[b, q] == doc[b, k])
+
+        return create_block_mask(same_document, B, None, T, T, device=tokens.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=tokens.device).tril()
+    return (causal & (doc[:, :, None] == doc[:, None, :]))[:, None]
+
+
+@functools.cache
+def _compiled_flex() -> Any:
+    """flex_attention compiled once: eager it is a slow reference (the whole score matrix)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention)
 
 
 def _left_padded_positions(pad: Tensor, start_pos: int, t: int) -> tuple[Tensor, Tensor]:

@@ -24,6 +24,7 @@ __all__ = [
     "selective_saved_bytes_per_token",
     "skip_saved_bytes_per_token",
     "value_embed_saved_bytes_per_token",
+    "doc_mask_saved_bytes_per_token",
 ]
 
 
@@ -102,6 +103,21 @@ def value_embed_saved_bytes_per_token(
     n, k = args.n_layers, args.value_embeds
     mixed = sum(1 for i in range(n) if (i < k or i >= n - k) and not checkpointed[i])
     return k * b.residual * args.dim + mixed * b.compute * args.dim
+
+
+def doc_mask_saved_bytes_per_token(
+    args: ModelArgs, b: ElementBytes, seq_len: int, checkpointed: list[bool]
+) -> float:
+    """Bytes per token the block_causal mask (args.attn_mask) adds in its SDPA form (backend
+    sdpa, or auto off CUDA): every block that is not checkpointed saves the additive copy SDPA
+    converts the (B, 1, T, T) bool mask to (T elements of the compute dtype per token); the
+    checkpointed ones keep the bool mask itself among their inputs (T bytes per token, one
+    tensor for all of them). FlexAttention's block mask (auto on CUDA) is ~(T / 128)^2 ints
+    per sequence: counted as the SDPA form, an overestimate there."""
+    if args.attn_mask != "block_causal" or args.attn_backend == "flex":
+        return 0
+    copies = sum(1 for c in checkpointed if not c)
+    return seq_len * (b.compute * copies + (1 if copies < len(checkpointed) else 0))
 
 
 def selective_saved_bytes_per_token(args: ModelArgs, b: ElementBytes, tp: int = 1) -> float:

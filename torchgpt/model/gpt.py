@@ -9,6 +9,7 @@ materialized with `to_empty()` and then initialized.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
@@ -16,10 +17,19 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from torchgpt.model.args import ModelArgs
-from torchgpt.model.attention import Attention, RMSNorm, _left_padded_positions, per_head_order
+from torchgpt.model.attention import (
+    Attention,
+    RMSNorm,
+    _left_padded_positions,
+    document_mask,
+    per_head_order,
+)
 from torchgpt.model.generate import generate
 from torchgpt.model.kv_cache import KVCache, LayerKVCache
 from torchgpt.model.rope import rope_tables
+
+if TYPE_CHECKING:
+    from torch.nn.attention.flex_attention import BlockMask
 
 
 def build_norm(args: ModelArgs, dim: int) -> nn.Module:
@@ -69,7 +79,7 @@ class Block(nn.Module):
         rope_sin: Tensor | None = None,
         kv_cache: LayerKVCache | None = None,
         start_pos: int = 0,
-        attn_mask: Tensor | None = None,
+        attn_mask: Tensor | BlockMask | None = None,
         ve: Tensor | None = None,
     ) -> Tensor:
         h = self.attn_norm(x)
@@ -258,6 +268,8 @@ class GPT(nn.Module):
         rope_cos = rope_sin = attn_mask = None
         if pad is not None:
             pos, attn_mask = _left_padded_positions(pad, start_pos, T)  # (B, T), (B, 1, T, T_k)
+        elif self.args.attn_mask == "block_causal" and kv_cache is None:
+            attn_mask = document_mask(tokens, self.args.eos_id, self.args.attn_backend)
         if self.pos_embeddings is not None:
             if pad is None:
                 pos = torch.arange(start_pos, start_pos + T, device=tokens.device)  # (T,)

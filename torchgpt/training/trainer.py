@@ -129,6 +129,13 @@ class Trainer:
             self.device.type, allow_tf32=cfg.training.allow_tf32
         )
         self.precision = resolve_precision(cfg, self.device)  # "auto": the same on every rank
+        if cfg.model.attn_backend == "flex" and self.device.type != "cuda":
+            raise ConfigError(
+                [
+                    f"model.attn_backend = flex: torch has no FlexAttention backward on "
+                    f"{self.device.type}; use auto (an SDPA mask here) or sdpa"
+                ]
+            )
         self.auto_sizing = resolve_auto_sizing(cfg, self.device, self.world_size)
         self.dims = ParallelDims.from_config(cfg.parallelism, self.world_size)
         self.mesh = self.dims.mesh

@@ -23,6 +23,8 @@ def _model_args(section: Any) -> ModelArgs:
         "unet_skips": section.unet_skips,
         "value_embeds": section.value_embeds,
         "logit_softcap": section.logit_softcap,
+        "attn_mask": section.attn_mask,
+        "attn_backend": section.attn_backend,
     }
     if section.mlp_type:
         options["mlp_type"] = section.mlp_type
