@@ -12,7 +12,9 @@ validation tokens from whole documents the training split never sees), the same 
 global batch, seed and warmup; bench/muon.py's run_arm does the run. Prints per arm the final
 validation loss, the tokens at which it first reaches the baseline's final loss (the share of
 the budget) and the median step time against the baseline's; writes OUT/speedrun.json and
-OUT/speedrun.png. Never asserts: the figures and their caveats go to BENCHMARK.md / WRITEUP.md.
+OUT/speedrun.png (the arms of earlier invocations with the same OUT are kept, so a subset can
+be rerun; --fresh forgets them). Never asserts: the figures and their caveats go to
+BENCHMARK.md / WRITEUP.md.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ OPTIONS = {
     "value-embeds": ["--model.value_embeds", "2"],  # 6 layers: blocks 0, 1, 4, 5
     "qk-norm": ["--model.qk_norm", "true"],
     "align-bos": ["--data.align", "bos"],
+    # document masking needs documents at window starts to matter most: with align-bos
+    "bos+docmask": ["--data.align", "bos", "--model.attn_mask", "block_causal"],
     "wsd": ["--lr_scheduler.decay_type", "wsd", "--lr_scheduler.decay_fraction", "0.2"],
 }
 # The speedrun combination; chosen from the single-option table (BENCHMARK.md), not assumed.
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adamw-lr", type=float, default=3e-3, help="as bench/muon.py")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--out", type=Path, default=muon.REPO / "outputs" / "bench_speedrun")
+    p.add_argument("--fresh", action="store_true", help="forget OUT/speedrun.json's other arms")
     args, args.overrides = p.parse_known_args(argv)
     names = args.arms.split(",")
     unknown = [n for n in names if n not in ARMS]
@@ -60,8 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--arms: unknown {unknown}; known: {', '.join(ARMS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     data = muon.prepare(args.out, 4e6)
-    results = {n: muon.run_arm(n, args, data, args.out, arm=ARMS[n]) for n in names}
-    (args.out / "speedrun.json").write_text(json.dumps(results, indent=2) + "\n")
+    record = args.out / "speedrun.json"  # arms of earlier invocations stay unless rerun
+    results = json.loads(record.read_text()) if record.is_file() and not args.fresh else {}
+    for n in names:
+        results[n] = muon.run_arm(n, args, data, args.out, arm=ARMS[n])
+        tmp = record.with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        tmp.replace(record)
     muon.plot(results, args.out / "speedrun.png")
     base = results.get("base")
     target = base["val_loss"][-1] if base else None
