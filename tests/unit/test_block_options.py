@@ -177,6 +177,8 @@ def test_the_export_refuses_what_transformers_cannot_run(options, key):
         (["--model.value_embeds=1"], 1),
         (["--model.value_embeds=1", "--activation_checkpoint.mode=selective"], 2),
         (["--model.value_embeds=1", "--model.flavor=debug-modern"], 1),
+        # Muon's state: its matrices counted on the whole model (one block can't hold a table)
+        (["--model.value_embeds=1", "--optimizer.name=muon"], 1),
     ],
 )
 def test_the_estimator_counts_each_option_as_the_trace_sees_it(overrides, nproc):

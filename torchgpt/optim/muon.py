@@ -25,7 +25,6 @@ memory model (torchgpt/optim/registry.py).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any
 
@@ -177,17 +176,18 @@ _MATRIX_SHAPES: dict[str, list[tuple[int, int]]] = {}
 
 
 def matrix_shapes(args: ModelArgs) -> list[tuple[int, int]]:
-    """Shapes of the matrices Muon updates, all blocks: muon_parameter_names of a one-block
-    model on the meta device, cached per architecture (auto sizing evaluates many plans)."""
+    """Shapes of the matrices Muon updates, all blocks: muon_parameter_names of the model on
+    the meta device (whole: options such as value_embeds need their layers), cached per
+    architecture (auto sizing evaluates many plans)."""
     key = repr(args)
     if key not in _MATRIX_SHAPES:
         from torchgpt.model.gpt import GPT
 
         with torch.device("meta"):
-            model = GPT(dataclasses.replace(args, n_layers=1))
+            model = GPT(args)
         params = dict(model.named_parameters())
         _MATRIX_SHAPES[key] = [tuple(params[n].shape) for n in muon_parameter_names(model)[0]]
-    return _MATRIX_SHAPES[key] * args.n_layers
+    return _MATRIX_SHAPES[key]
 
 
 def _state_rows(args: ModelArgs, shard_degree: int, tp: int) -> MemoryRows:
