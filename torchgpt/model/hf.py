@@ -34,27 +34,30 @@ def hf_family(args: ModelArgs) -> str:
         ValueError: no transformers architecture has these options.
     """
     a = args
+    missing = []  # every option transformers lacks, so one export attempt names them all
     if a.logit_softcap > 0:
-        raise ValueError(
+        missing.append(
             f"model.logit_softcap = {a.logit_softcap:g}: transformers' GPT-2 / Llama / Qwen3 "
             "models have no logit soft-cap, so an export would score differently; export a "
             "model trained with logit_softcap = 0"
         )
     if a.value_embeds:
-        raise ValueError(
+        missing.append(
             f"model.value_embeds = {a.value_embeds}: transformers' GPT-2 / Llama / Qwen3 have "
             "no value embeddings; export a model trained with value_embeds = 0"
         )
     if a.unet_skips:
-        raise ValueError(
+        missing.append(
             "model.unet_skips: transformers' GPT-2 / Llama / Qwen3 have no skip connections "
             "between blocks; export a model trained with unet_skips = false"
         )
     if a.mlp_type == "relu2":
-        raise ValueError(
+        missing.append(
             'model.mlp_type = "relu2": no transformers architecture among GPT-2 / Llama / '
             "Qwen3 has a ReLU^2 MLP; export a model trained with gelu or swiglu"
         )
+    if missing:
+        raise ValueError("\n".join(missing))
     if (a.norm_type, a.pos_embedding, a.mlp_type) == ("layernorm", "learned", "gelu"):
         if a.bias and not a.qk_norm:
             return "gpt2"
