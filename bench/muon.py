@@ -80,7 +80,7 @@ def run_arm(
         f"--training.seq_len={args.seq_len}",
         f"--training.micro_batch_size={args.micro_batch}",
         f"--training.global_batch_tokens={args.batch_tokens}",
-        "--training.mixed_precision=bf16",
+        "--training.mixed_precision=auto",  # bf16 where this CPU runs it fast, else fp32
         f"--lr_scheduler.warmup_steps={max(steps // 20, 1)}",
         "--activation_checkpoint.mode=none",
         "--checkpoint.enable=false",
@@ -109,8 +109,10 @@ def run_arm(
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r]
     steps_recs = [r for r in records if "step_time_s" in r and r["step"] > 10]
+    launch = json.loads((run_dir / "run_info.json").read_text())["launches"][-1]
     return {
         "flavor": flavor,
+        "precision": launch["mixed_precision"]["reason"],
         "overrides": optim,
         "steps": steps,
         "tokens": [r["tokens_seen"] for r in val],
@@ -181,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.out / "muon.png")
     base = results.get("gpt2-adamw")
     target = base["val_loss"][-1] if base else None
-    print(f"\n{'arm':<14} {'final val':>9} {'tokens to gpt2-adamw final':>27} {'step s':>7}")
+    print(f"\nprecision: {next(iter(results.values()))['precision']}")
+    print(f"{'arm':<14} {'final val':>9} {'tokens to gpt2-adamw final':>27} {'step s':>7}")
     for name, r in results.items():
         reach = tokens_to_reach(r, target) if target is not None else None
         share = f"{reach:,} ({reach / r['tokens'][-1]:.0%})" if reach else "not reached"
