@@ -14,12 +14,14 @@ prints the rows as a Markdown table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from torchgpt.config.job_config import Model
 from torchgpt.eval.loading import read_metrics
 from torchgpt.model.args import get_model_args, num_params
 from torchgpt.report import logged_step_seconds
@@ -47,7 +49,9 @@ def summarize(run_dir: str | Path) -> dict[str, Any]:
     if not train or not val:
         raise ValueError(f"{run_dir}/metrics.jsonl has no training or validation records yet")
     flavor = config["model"]["flavor"]
-    args = get_model_args(flavor, qk_norm=config["model"].get("qk_norm", False))
+    known = {f.name for f in dataclasses.fields(Model)}  # a config.json of an older torchgpt
+    section = Model(**{k: v for k, v in config["model"].items() if k in known})
+    args = get_model_args(flavor, **section.options())
     start = _launch_time(run_dir) or metrics[0]["time"] - train[0].get("step_time_s", 0.0)
     step_seconds = logged_step_seconds(train)
     best = min(val, key=lambda r: r["val_loss"])

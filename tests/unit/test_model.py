@@ -66,6 +66,7 @@ def test_num_params_equals_sum_of_numels(flavor, overrides):
     embed = model.tok_embeddings.weight.numel()
     if model.pos_embeddings is not None:
         embed += model.pos_embeddings.weight.numel()
+    embed += sum(t.weight.numel() for t in model.value_embeddings or [])  # lookups as well
     assert num_params(args, embeddings=False, padded_vocab=True) == model.num_params(False)
     assert model.num_params(embeddings=False) == model.num_params() - embed
     tied = model.output.weight is model.tok_embeddings.weight

@@ -44,23 +44,25 @@ class Model:
     flavor: str = "gpt2-124m"
     """Named ModelArgs flavor from torchgpt.model.args.FLAVORS (e.g. debug, gpt2-124m,
     modern-124m)."""
-    qk_norm: bool = False
+    # The block options below: unset (None, "") keeps the flavor's value (off, except in the
+    # speedrun-* flavors); a value set in the TOML or on the command line replaces it.
+    qk_norm: bool | None = None
     """Apply RMSNorm to queries and keys (stabilises modern-* flavors at high lr)."""
     mlp_type: Literal["", "gelu", "swiglu", "relu2"] = ""
     """MLP of every block; empty keeps the flavor's (gelu for gpt2-*, swiglu for modern-*);
     relu2 = proj(relu(fc(x))^2) (Primer, modded-nanogpt)."""
-    tie_embeddings: bool = True
-    """Share the token embedding with the lm-head (every flavor does); false unties them."""
-    zero_init_proj: bool = False
+    tie_embeddings: bool | None = None
+    """Share the token embedding with the lm-head (all but speedrun-*); false unties them."""
+    zero_init_proj: bool | None = None
     """Zero-initialise each block's output projections (attn.proj, mlp.proj): blocks start as
     the identity."""
-    value_embeds: int = 0
+    value_embeds: int | None = None
     """Value embeddings: k token tables mixed into the values of the first and the last k
     blocks (modded-nanogpt: 3); 0 = off; not with parallelism.tp > 1."""
-    unet_skips: bool = False
+    unet_skips: bool | None = None
     """U-net skips: each of the last n_layers // 2 blocks adds a learned multiple of its
     mirror block's output (modded-nanogpt); not with parallelism.tp > 1."""
-    logit_softcap: float = 0.0
+    logit_softcap: float | None = None
     """> 0 bounds the logits to (-c, c) with c * tanh(logits / c) (modded-nanogpt: 30)."""
     attn_mask: Literal["causal", "block_causal"] = "causal"
     """block_causal: no attention across documents (each starts at its <|endoftext|>; pairs
@@ -72,6 +74,11 @@ class Model:
     """Row order of the fused qkv weight: grouped (GPT-2's [q | k | v]) or per_head ([q k v]
     of each head), which tensor parallelism (parallelism.tp > 1) needs; the same model either
     way, and exports write grouped. Fixed for a run: a checkpoint resumes with its own."""
+
+    def options(self) -> dict[str, Any]:
+        """The ModelArgs fields this section sets on top of the flavor's (unset ones left out)."""
+        set_ = {k: v for k, v in dataclasses.asdict(self).items() if v is not None and v != ""}
+        return {k: v for k, v in set_.items() if k not in ("name", "flavor")}
 
 
 @dataclass

@@ -58,8 +58,8 @@ def field_docs(section_cls: type) -> dict[str, str]:
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in _UNIONS:
-        return "|".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in _UNIONS:  # bool | None: None is "unset", not a value to give
+        return "|".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if typing.get_origin(tp) is Literal:
         return "|".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is list:
@@ -75,8 +75,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for member in members:
             if typing.get_origin(member) is Literal and value in typing.get_args(member):
                 return value
-        plain = [m for m in members if typing.get_origin(m) is not Literal]
+        plain = [m for m in members if typing.get_origin(m) is not Literal and m is not type(None)]
         named = [repr(c) for m in members if typing.get_origin(m) is Literal for c in m.__args__]
+        if not named:  # X | None: a value is an X
+            return _coerce(value, plain[0], key)
         try:
             return _coerce(value, plain[0], key)
         except ValueError:
@@ -234,7 +236,7 @@ def validate(cfg: JobConfig, *, world_size: int | None = None) -> list[str]:
             f"training.seq_len: {t.seq_len} exceeds the context of flavor '{cfg.model.flavor}' "
             f"({FLAVORS[cfg.model.flavor].max_seq_len})"
         )
-    if not cfg.model.logit_softcap >= 0:
+    if cfg.model.logit_softcap is not None and not cfg.model.logit_softcap >= 0:
         p.append(f"model.logit_softcap: must be >= 0 (0 = off), got {cfg.model.logit_softcap}")
     for key, value in [
         ("training.steps", t.steps),

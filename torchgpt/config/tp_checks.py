@@ -29,21 +29,24 @@ def tp_problems(cfg: JobConfig) -> list[str]:
             "optimizer.name = 'muon' with parallelism.tp > 1: Muon's orthogonalisation needs "
             "each whole matrix, which tensor parallelism splits; use adamw or tp = 1"
         )
-    if not cfg.model.tie_embeddings:
+    flavor = FLAVORS.get(cfg.model.flavor)  # None: unknown, reported by validate()
+    args = dataclasses.replace(flavor, **cfg.model.options()) if flavor else None
+
+    def origin(key: str) -> str:  # set in the config, or the flavor's own value
+        return "" if getattr(cfg.model, key) is not None else f" (flavor {cfg.model.flavor})"
+
+    if args is not None and not args.tie_embeddings:
         p.append(
-            "model.tie_embeddings = false with parallelism.tp > 1: the token table's gradient "
-            "comes out whole on every tp rank (DTensor's embedding backward), not its shard; "
-            "untested: keep the embeddings tied or use tp = 1"
+            f"model.tie_embeddings = false{origin('tie_embeddings')} with parallelism.tp > 1: "
+            "the token table's gradient comes out whole on every tp rank (DTensor's embedding "
+            "backward), not its shard; untested: set model.tie_embeddings = true or tp = 1"
         )
-    for key, on in (("unet_skips", cfg.model.unet_skips), ("value_embeds", cfg.model.value_embeds)):
-        if on:
+    for key in ("unet_skips", "value_embeds"):
+        if args is not None and getattr(args, key):
             p.append(
-                f"model.{key} with parallelism.tp > 1: its weights are not in the "
+                f"model.{key}{origin(key)} with parallelism.tp > 1: its weights are not in the "
                 f"tensor-parallel plan; use tp = 1 (FSDP2 / HSDP) or turn model.{key} off"
             )
-    args = FLAVORS.get(cfg.model.flavor)
-    if args is not None and cfg.model.mlp_type:  # the block option changes the MLP width
-        args = dataclasses.replace(args, mlp_type=cfg.model.mlp_type)
     if cfg.compile.enable and cfg.compile.whole_model:
         p.append(
             "compile.whole_model with parallelism.tp > 1 is untested (per-block compile is "

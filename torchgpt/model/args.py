@@ -161,11 +161,20 @@ class ModelArgs:
 
 _GPT2 = dict(norm_type="layernorm", pos_embedding="learned", mlp_type="gelu", bias=True)
 _MODERN = dict(norm_type="rmsnorm", pos_embedding="rope", mlp_type="swiglu", bias=False)
+# The speedrun block: modern plus the block options that won bench/speedrun.py's one-at-a-time
+# ablation on top of modern + Muon (BENCHMARK.md, "Quality per token"). An option joins when it
+# alone lowers the final val loss by >= 0.02 (about the run-to-run spread) and the combination
+# stays within 10% of modern's step time; the table there says why each other one did not.
+SPEEDRUN_OPTIONS = dict(
+    mlp_type="relu2", value_embeds=2, unet_skips=True, tie_embeddings=False, zero_init_proj=True
+)
+_SPEEDRUN = dict(_MODERN, **SPEEDRUN_OPTIONS)
 
 FLAVORS: dict[str, ModelArgs] = {
     # Tiny models for tests and smoke runs: seconds per step on a CPU.
     "debug": ModelArgs(dim=128, n_layers=2, n_heads=4, max_seq_len=512, **_GPT2),
     "debug-modern": ModelArgs(dim=128, n_layers=2, n_heads=4, max_seq_len=512, **_MODERN),
+    "debug-speedrun": ModelArgs(dim=128, n_layers=4, n_heads=4, max_seq_len=512, **_SPEEDRUN),
     # CPU-sized models for a 60-90 minute reference run.
     "gpt2-d128-l4": ModelArgs(dim=128, n_layers=4, n_heads=2, **_GPT2),
     "gpt2-d128-l6": ModelArgs(dim=128, n_layers=6, n_heads=2, **_GPT2),
@@ -183,6 +192,9 @@ FLAVORS: dict[str, ModelArgs] = {
     # GPT-2 small size with Llama-style components; same parameter count as gpt2-124m
     # minus the position table and biases.
     "modern-124m": ModelArgs(dim=768, n_layers=12, n_heads=12, **_MODERN),
+    # The modern sizes with the speedrun block (train_configs/speedrun_124m.toml).
+    "speedrun-d384-l6": ModelArgs(dim=384, n_layers=6, n_heads=6, **_SPEEDRUN),
+    "speedrun-124m": ModelArgs(dim=768, n_layers=12, n_heads=12, **_SPEEDRUN),
 }
 
 

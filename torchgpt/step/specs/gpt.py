@@ -14,21 +14,8 @@ from torchgpt.step.spec import TrainSpec
 
 
 def _model_args(section: Any) -> ModelArgs:
-    """The flavor's args with the [model] section's block options on top."""
-    options = {
-        "qk_norm": section.qk_norm,
-        "qkv_layout": section.qkv_layout,
-        "tie_embeddings": section.tie_embeddings,
-        "zero_init_proj": section.zero_init_proj,
-        "unet_skips": section.unet_skips,
-        "value_embeds": section.value_embeds,
-        "logit_softcap": section.logit_softcap,
-        "attn_mask": section.attn_mask,
-        "attn_backend": section.attn_backend,
-    }
-    if section.mlp_type:
-        options["mlp_type"] = section.mlp_type
-    return get_model_args(section.flavor, **options)
+    """The flavor's args with the block options the [model] section sets on top."""
+    return get_model_args(section.flavor, **section.options())
 
 
 SPEC = TrainSpec(
