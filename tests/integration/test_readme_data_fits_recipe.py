@@ -19,7 +19,10 @@ from torchgpt.data.prepare import DEFAULT_VAL_FRACTION
 from torchgpt.run.preflight import preflight
 
 REPO = Path(__file__).resolve().parents[2]
-RECIPES = [REPO / "train_configs" / n for n in ("mini_gpt_100m.toml", "modern_muon_100m.toml")]
+RECIPES = [
+    REPO / "train_configs" / n
+    for n in ("mini_gpt_100m.toml", "modern_muon_100m.toml", "speedrun_124m.toml")
+]
 SCALE = 100  # 1e9 tokens -> 1e7: about 3 s of tokenizing on 2 cores
 
 

@@ -163,7 +163,13 @@ def test_a_resumed_auto_run_keeps_its_checkpoints_precision(
 def test_the_recipe_and_debug_configs_default_to_auto():
     from tests.conftest import REPO_ROOT as REPO
 
-    for name in ("debug_model", "mini_gpt_100m", "modern_muon_100m", "reference_cpu"):
+    for name in (
+        "debug_model",
+        "mini_gpt_100m",
+        "modern_muon_100m",
+        "speedrun_124m",
+        "reference_cpu",
+    ):
         cfg = load_config(REPO / "train_configs" / f"{name}.toml", [], world_size=None)
         assert cfg.training.mixed_precision == "auto", name
 
