@@ -60,17 +60,13 @@ def prepare(out: Path, max_tokens: float) -> Path:
     return data
 
 
-def run_arm(
-    name: str,
-    args: argparse.Namespace,
-    data: Path,
-    out: Path,
-    arm: tuple[str, list[str]] | None = None,
-) -> dict:
-    """One training run of arm `name`: (flavor, overrides), ARMS[name] unless given."""
-    flavor, optim = arm or ARMS[name]
+def arm_overrides(
+    name: str, args: argparse.Namespace, data: Path, out: Path, arm: tuple[str, list[str]]
+) -> list[str]:
+    """The debug_model.toml overrides of arm `name` = (flavor, its own overrides)."""
+    flavor, optim = arm
     steps = int(args.tokens) // args.batch_tokens
-    overrides = [
+    return [
         f"--model.flavor={flavor}",
         f"--data.dataset_path={data}",
         f"--job.dump_folder={out}",
@@ -93,6 +89,19 @@ def run_arm(
         *optim,
         *args.overrides,
     ]
+
+
+def run_arm(
+    name: str,
+    args: argparse.Namespace,
+    data: Path,
+    out: Path,
+    arm: tuple[str, list[str]] | None = None,
+) -> dict:
+    """One training run of arm `name`: (flavor, overrides), ARMS[name] unless given."""
+    flavor, optim = arm or ARMS[name]
+    steps = int(args.tokens) // args.batch_tokens
+    overrides = arm_overrides(name, args, data, out, (flavor, optim))
     print(f"[{name}] python -m torchgpt.train train_configs/debug_model.toml {' '.join(overrides)}")
     run_dir = out / name
     if run_dir.exists():
@@ -130,22 +139,29 @@ def tokens_to_reach(result: dict, target: float) -> int | None:
     return None
 
 
-def plot(results: dict, path: Path) -> None:
+def plot(results: dict, path: Path, highlight: tuple[str, ...] = ()) -> None:
+    """Val loss against tokens and wall clock, one distinct colour per arm (tab20 beyond ten);
+    the `highlight` arms drawn thick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    for name, r in results.items():
-        a.plot([t / 1e6 for t in r["tokens"]], r["val_loss"], marker=".", label=name)
-        b.plot([s / 60 for s in r["wall_s"]], r["val_loss"], marker=".", label=name)
+    colours = plt.get_cmap("tab10" if len(results) <= 10 else "tab20").colors
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, (name, r) in enumerate(results.items()):
+        style = dict(color=colours[i % len(colours)], label=name, marker=".")
+        style["linewidth"] = 2.5 if name in highlight else 1.0
+        a.plot([t / 1e6 for t in r["tokens"]], r["val_loss"], **style)
+        b.plot([s / 60 for s in r["wall_s"]], r["val_loss"], **style)
+    losses = sorted(v for r in results.values() for v in r["val_loss"])
     a.set_xlabel("tokens (M)")
     b.set_xlabel("wall clock (min, this CPU)")
     for ax in (a, b):
         ax.set_ylabel("validation loss")
+        ax.set_ylim(losses[0] - 0.1, losses[int(0.95 * (len(losses) - 1))])  # not the first steps
         ax.grid(alpha=0.3)
-        ax.legend()
+    b.legend(fontsize=8, ncol=2 if len(results) > 6 else 1, loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

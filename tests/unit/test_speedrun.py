@@ -4,8 +4,10 @@ recipe at CPU size, and the recipe differs from modern + Muon only in the block 
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -152,3 +154,16 @@ def test_the_speedrun_recipe_trains_compiled(token_shards, tmp_path):
     # wsd, 1 decay step: the peak, then the last step at the minimum ("lr" is logged after
     # each step's scheduler update, so step k shows the lr of step k + 1)
     assert lrs == pytest.approx([0.02, 0.02, 0.02, 0.002, 0.002])
+
+
+def test_the_step_time_mode_steps_every_arm_in_turn(bench, token_shards, tmp_path):
+    args = argparse.Namespace(
+        tokens=1024, batch_tokens=256, seq_len=64, micro_batch=4, val_interval=100,
+        val_tokens=256, seed=0, adamw_lr=3e-3, out=tmp_path, rounds=2,
+        overrides=["--validation.enable=false", "--metrics.enable_wandb=false"],
+    )  # fmt: skip
+    times = bench.step_times(["base", "speedrun"], args, token_shards)
+    assert [len(t["rounds_s"]) for t in times.values()] == [2, 2]
+    assert times["base"]["vs_base"] == 1.0 and times["speedrun"]["vs_base"] > 0
+    assert bench.report_step_times(times, tmp_path / "step_time.json") == 0
+    assert json.loads((tmp_path / "step_time.json").read_text()) == times
