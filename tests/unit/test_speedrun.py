@@ -156,7 +156,10 @@ def test_the_speedrun_recipe_trains_compiled(token_shards, tmp_path):
     assert lrs == pytest.approx([0.02, 0.02, 0.02, 0.002, 0.002])
 
 
-def test_the_step_time_mode_steps_every_arm_in_turn(bench, token_shards, tmp_path):
+def test_the_step_time_mode_steps_every_arm_in_turn(bench, token_shards, tmp_path, monkeypatch):
+    # the arms at debug size: the mechanism, not the figures
+    monkeypatch.setitem(bench.ARMS, "base", ("debug-modern", bench.BASE))
+    monkeypatch.setitem(bench.ARMS, "speedrun", ("debug-speedrun", bench.BASE + bench.SPEEDRUN_RUN))
     args = argparse.Namespace(
         tokens=1024, batch_tokens=256, seq_len=64, micro_batch=4, val_interval=100,
         val_tokens=256, seed=0, adamw_lr=3e-3, out=tmp_path, rounds=2,
