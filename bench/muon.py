@@ -99,9 +99,9 @@ def run_arm(
     arm: tuple[str, list[str]] | None = None,
 ) -> dict:
     """One training run of arm `name`: (flavor, overrides), ARMS[name] unless given."""
-    flavor, optim = arm or ARMS[name]
+    flavor, optim = arm = arm or ARMS[name]
     steps = int(args.tokens) // args.batch_tokens
-    overrides = arm_overrides(name, args, data, out, (flavor, optim))
+    overrides = arm_overrides(name, args, data, out, arm)
     print(f"[{name}] python -m torchgpt.train train_configs/debug_model.toml {' '.join(overrides)}")
     run_dir = out / name
     if run_dir.exists():
@@ -118,10 +118,9 @@ def run_arm(
     records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_loss" in r]
     steps_recs = [r for r in records if "step_time_s" in r and r["step"] > 10]
-    launch = json.loads((run_dir / "run_info.json").read_text())["launches"][-1]
     return {
         "flavor": flavor,
-        "precision": launch["mixed_precision"]["reason"],
+        "precision": precision(run_dir),
         "overrides": optim,
         "steps": steps,
         "tokens": [r["tokens_seen"] for r in val],
@@ -130,6 +129,12 @@ def run_arm(
         "step_time_s": statistics.median(r["step_time_s"] for r in steps_recs),
         "total_s": time.time() - start,
     }
+
+
+def precision(run_dir: Path) -> str:
+    """The trainer's mixed-precision choice and its reason, from the run's launch record."""
+    launch = json.loads((run_dir / "run_info.json").read_text())["launches"][-1]
+    return launch["mixed_precision"]["reason"]
 
 
 def tokens_to_reach(result: dict, target: float) -> int | None:

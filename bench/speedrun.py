@@ -94,6 +94,7 @@ def step_times(names: list[str], args: argparse.Namespace, data: Path) -> dict[s
             if base
             else None,
             "rounds_s": t,
+            "precision": trainers[n].precision.reason,  # the trainer's own choice
         }
         for n, t in seconds.items()
     }
@@ -145,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report_step_times(times: dict[str, dict], path: Path) -> int:
-    from torchgpt.utils.hardware import resolve_mixed_precision
-
-    print(f"\nprecision: {resolve_mixed_precision('auto', 'cpu').reason}")
+    print(f"\nprecision: {next(iter(times.values()))['precision']}")
     print(f"{'arm':<12} {'median step s':>13} {'vs base (paired)':>17}")
     for name, t in times.items():
         ratio = f"{t['vs_base']:.3f}" if t["vs_base"] is not None else "-"

@@ -77,11 +77,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return value
         plain = [m for m in members if typing.get_origin(m) is not Literal and m is not type(None)]
         named = [repr(c) for m in members if typing.get_origin(m) is Literal for c in m.__args__]
-        if not named:  # X | None: a value is an X
-            return _coerce(value, plain[0], key)
         try:
             return _coerce(value, plain[0], key)
         except ValueError:
+            if not named:  # X | None: the error of X as it is
+                raise
             kind = {int: "an integer", float: "a number"}.get(plain[0], plain[0].__name__)
             raise ValueError(
                 f"{key}: expected {kind} or {' / '.join(named)}, got {value!r}"
